@@ -1,0 +1,151 @@
+// Engine binding: numpy in, numpy out, GIL released around pure C++ work.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+#include "cpu/cpu_features.h"
+#include "cpu/dispatch.h"
+#include "engine/engine.h"
+
+namespace py = pybind11;
+
+namespace rnninfer {
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+template <typename T>
+T get(const py::dict& d, const char* key) {
+  if (!d.contains(key)) throw std::invalid_argument(std::string("engine description lacks '") + key + "'");
+  return d[key].cast<T>();
+}
+
+ModelDesc parse_desc(const py::dict& d) {
+  ModelDesc m;
+  m.tokens = get<std::string>(d, "input_kind") == "tokens";
+  m.vocab_size = get<int>(d, "vocab_size");
+  m.input_width = get<int>(d, "input_width");
+  m.mask_zero = get<bool>(d, "mask_zero");
+  m.has_mask_value = get<bool>(d, "has_mask_value");
+  m.mask_value = get<float>(d, "mask_value");
+  for (const auto& item : get<py::list>(d, "layers")) {
+    const py::dict l = item.cast<py::dict>();
+    LayerDesc L;
+    L.cell = parse_cell(get<std::string>(l, "cell"));
+    L.units = get<int>(l, "units");
+    L.direction = parse_direction(get<std::string>(l, "direction"));
+    L.merge = parse_merge(get<std::string>(l, "merge"));
+    L.act = parse_act(get<std::string>(l, "activation"));
+    L.ract = parse_act(get<std::string>(l, "recurrent_activation"));
+    L.reset_after = get<bool>(l, "reset_after");
+    L.proj_size = get<int>(l, "proj_size");
+    L.bias = get<bool>(l, "bias");
+    L.residual_from = get<int>(l, "residual_from");
+    m.layers.push_back(L);
+  }
+  m.readout = parse_readout(get<std::string>(d, "readout"));
+  for (const auto& item : get<py::list>(d, "head")) {
+    const py::dict h = item.cast<py::dict>();
+    DenseDesc D;
+    D.units = get<int>(h, "units");
+    D.act = parse_act(get<std::string>(h, "activation"));
+    D.bias = get<bool>(h, "bias");
+    m.head.push_back(D);
+  }
+  return m;
+}
+
+// Owns the engine plus nothing from Python: weights are copied into packed
+// buffers during construction, so the numpy arrays may be freed afterwards.
+class PyEngine {
+ public:
+  PyEngine(const py::dict& desc, const py::dict& tensors, int threads, const std::string& isa) {
+    ModelDesc d = parse_desc(desc);
+    // Keep the converted arrays alive until packing is done.
+    std::vector<FloatArray> keep;
+    TensorMap map;
+    for (const auto& kv : tensors) {
+      FloatArray a = FloatArray::ensure(kv.second);
+      if (!a) throw std::invalid_argument("tensor '" + kv.first.cast<std::string>() + "' is not a float array");
+      TensorView v;
+      v.data = a.data();
+      for (py::ssize_t i = 0; i < a.ndim(); ++i) v.shape.push_back(a.shape(i));
+      map.emplace(kv.first.cast<std::string>(), std::move(v));
+      keep.push_back(std::move(a));
+    }
+    const KernelTable* table = isa.empty() ? nullptr : &kernels_for(isa);
+    engine_ = std::make_unique<Engine>(std::move(d), map, threads, table);
+  }
+
+  py::array_t<float> predict_tokens(const IntArray& tokens, const IntArray& lengths) const {
+    if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be a 2-D (batch, steps) array");
+    const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
+    check_lengths(lengths, B);
+    py::array_t<float> out = alloc_out(B, T);
+    const int32_t* tp = tokens.data();
+    const int32_t* lp = lengths.data();
+    float* op = out.mutable_data();
+    {
+      // Pure C++ from here: no Python object is touched until the guard ends.
+      py::gil_scoped_release nogil;
+      engine_->predict_tokens(tp, B, T, lp, op);
+    }
+    return out;
+  }
+
+  py::array_t<float> predict_features(const FloatArray& x, const IntArray& lengths) const {
+    if (x.ndim() != 3) throw std::invalid_argument("features must be a 3-D (batch, steps, features) array");
+    const int B = static_cast<int>(x.shape(0)), T = static_cast<int>(x.shape(1));
+    if (x.shape(2) != engine_->desc().input_width)
+      throw std::invalid_argument("expected " + std::to_string(engine_->desc().input_width) +
+                                  " features per step, got " + std::to_string(x.shape(2)));
+    check_lengths(lengths, B);
+    py::array_t<float> out = alloc_out(B, T);
+    const float* xp = x.data();
+    const int32_t* lp = lengths.data();
+    float* op = out.mutable_data();
+    {
+      // Pure C++ from here: no Python object is touched until the guard ends.
+      py::gil_scoped_release nogil;
+      engine_->predict_features(xp, B, T, lp, op);
+    }
+    return out;
+  }
+
+  std::string isa() const { return engine_->kernels().name; }
+  int threads() const { return engine_->threads(); }
+
+ private:
+  static void check_lengths(const IntArray& lengths, int batch) {
+    if (lengths.ndim() != 1 || lengths.shape(0) != batch)
+      throw std::invalid_argument("lengths must have shape (" + std::to_string(batch) + ",)");
+  }
+  py::array_t<float> alloc_out(int B, int T) const {
+    const int ow = engine_->desc().output_width();
+    if (engine_->desc().readout == Readout::kSequence) return py::array_t<float>({B, T, ow});
+    return py::array_t<float>({B, ow});
+  }
+
+  std::unique_ptr<Engine> engine_;
+};
+
+}  // namespace
+
+void register_engine(py::module_& m) {
+  py::class_<PyEngine>(m, "Engine")
+      .def(py::init<const py::dict&, const py::dict&, int, const std::string&>(), py::arg("desc"),
+           py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "")
+      .def("predict_tokens", &PyEngine::predict_tokens, py::arg("tokens"), py::arg("lengths"))
+      .def("predict_features", &PyEngine::predict_features, py::arg("x"), py::arg("lengths"))
+      .def_property_readonly("isa", &PyEngine::isa)
+      .def_property_readonly("threads", &PyEngine::threads);
+  m.def("active_isa", []() { return std::string(default_kernels().name); },
+        "The ISA of the kernels chosen for this process (RNNINFER_ISA or the best available).");
+  m.def("cpu_brand", []() { return cpu_features().brand; });
+}
+
+}  // namespace rnninfer

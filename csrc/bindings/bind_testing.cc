@@ -1,0 +1,49 @@
+// rnninfer._core._testing: direct access to kernels per ISA for tests and
+// kernel benchmarks. Not part of the public API.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "cpu/cpu_features.h"
+#include "cpu/dispatch.h"
+#include "engine/model_desc.h"
+
+namespace py = pybind11;
+
+namespace rnninfer {
+
+void register_testing(py::module_& m) {
+  py::module_ t = m.def_submodule("_testing", "kernel-level hooks for tests and benchmarks");
+  t.def("available_isas", &available_isas,
+        "ISAs compiled into this build that this CPU can run, best last.");
+  t.def("cpu_features", []() {
+    const CpuFeatures& f = cpu_features();
+    py::dict d;
+    d["avx2_fma"] = f.avx2_fma;
+    d["avx512"] = f.avx512;
+    d["avx512_bf16"] = f.avx512_bf16;
+    d["avx512_vnni"] = f.avx512_vnni;
+    d["neon"] = f.neon;
+    d["brand"] = f.brand;
+    return d;
+  });
+  t.def(
+      "activate",
+      [](const std::string& isa, const std::string& act,
+         py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+        const KernelTable& k = kernels_for(isa);
+        const Act a = parse_act(act);
+        if (a == Act::kSoftmax || a == Act::kLogSoftmax)
+          throw std::invalid_argument("softmax is a row activation, not element-wise");
+        py::array_t<float> out(x.request().shape);
+        std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+        k.activate(a, out.mutable_data(), static_cast<int>(out.size()));
+        return out;
+      },
+      py::arg("isa"), py::arg("activation"), py::arg("x"),
+      "Apply an element-wise activation with the given ISA's kernel.");
+}
+
+}  // namespace rnninfer

@@ -1,0 +1,167 @@
+// Vector activation functions, written once for every ISA on top of Ops<I>.
+//
+// Numerical contract (float32 in, float32 out), measured against float64 in
+// tests/kernels/test_activations.py for every compiled ISA:
+//   exp:      relative error <= 2 ulp on [-87.3, 88.7]; inputs are clamped to
+//             that range, so exp(+inf) = 2.4e38 (finite) and exp(-inf) ~ 1e-38.
+//   sigmoid:  absolute error <= 2e-7; sigmoid(+inf) = 1, sigmoid(-inf) < 1e-37.
+//   tanh:     absolute error <= 2e-7; tanh(+-inf) = +-1; odd and exact at 0.
+//   gelu/erf: absolute error <= 2e-7 (Abramowitz & Stegun 7.1.26).
+//   log (softplus, mish): relative error <= 2 ulp for normal inputs.
+//   NaN in gives NaN out for every function here.
+// Cephes single-precision polynomials (public domain algorithms) are used for
+// exp, log and the small-argument tanh.
+#pragma once
+
+#include "kernels/kernels.h"
+#include "simd/vec.h"
+
+namespace rnninfer {
+namespace act {
+
+template <Isa I>
+struct Math {
+  using O = Ops<I>;
+  using V = typename O::V;
+
+  static inline V exp(V x) {
+    // Clamp keeps 2^n representable; max(lo, x) keeps NaN (Ops::max contract).
+    x = O::min(O::set1(88.3762626647949f), x);
+    x = O::max(O::set1(-87.3365447504f), x);
+    const V n = O::round(O::mul(x, O::set1(1.44269504088896341f)));
+    // Cody-Waite: ln2 split in two so r = x - n ln2 stays exact to ~1 ulp.
+    V r = O::fma(n, O::set1(-0.693359375f), x);
+    r = O::fma(n, O::set1(2.12194440e-4f), r);
+    V p = O::set1(1.9875691500e-4f);
+    p = O::fma(p, r, O::set1(1.3981999507e-3f));
+    p = O::fma(p, r, O::set1(8.3334519073e-3f));
+    p = O::fma(p, r, O::set1(4.1665795894e-2f));
+    p = O::fma(p, r, O::set1(1.6666665459e-1f));
+    p = O::fma(p, r, O::set1(5.0000001201e-1f));
+    const V r2 = O::mul(r, r);
+    p = O::fma(p, r2, O::add(r, O::set1(1.0f)));
+    return O::mul(p, O::pow2i(n));
+  }
+
+  // Natural log for x > 0 (x <= 0 gives garbage; callers only pass 1 + e^y).
+  static inline V log(V x) {
+    V e;
+    V m = O::frexp(x, &e);
+    // Bring m into [sqrt(1/2), sqrt(2)) for the polynomial.
+    const auto small = O::lt(m, O::set1(0.707106781186547524f));
+    e = O::select(small, O::sub(e, O::set1(1.0f)), e);
+    m = O::select(small, O::add(m, m), m);
+    const V f = O::sub(m, O::set1(1.0f));
+    const V z = O::mul(f, f);
+    V p = O::set1(7.0376836292e-2f);
+    p = O::fma(p, f, O::set1(-1.1514610310e-1f));
+    p = O::fma(p, f, O::set1(1.1676998740e-1f));
+    p = O::fma(p, f, O::set1(-1.2420140846e-1f));
+    p = O::fma(p, f, O::set1(1.4249322787e-1f));
+    p = O::fma(p, f, O::set1(-1.6668057665e-1f));
+    p = O::fma(p, f, O::set1(2.0000714765e-1f));
+    p = O::fma(p, f, O::set1(-2.4999993993e-1f));
+    p = O::fma(p, f, O::set1(3.3333331174e-1f));
+    V y = O::mul(O::mul(p, f), z);
+    y = O::fma(e, O::set1(-2.12194440e-4f), y);
+    y = O::fma(z, O::set1(-0.5f), y);
+    V r = O::add(f, y);
+    r = O::fma(e, O::set1(0.693359375f), r);
+    return r;
+  }
+
+  static inline V sigmoid(V x) {
+    return O::div(O::set1(1.0f), O::add(O::set1(1.0f), exp(O::neg(x))));
+  }
+
+  static inline V tanh(V x) {
+    const V ax = O::abs(x);
+    // Large |x|: 1 - 2 / (e^{2|x|} + 1), no cancellation there.
+    const V big = O::sub(O::set1(1.0f),
+                         O::div(O::set1(2.0f), O::add(exp(O::add(ax, ax)), O::set1(1.0f))));
+    // Small |x|: odd polynomial (Cephes tanhf), exact at 0 and accurate near it.
+    const V z = O::mul(x, x);
+    V p = O::set1(-5.70498872745e-3f);
+    p = O::fma(p, z, O::set1(2.06390887954e-2f));
+    p = O::fma(p, z, O::set1(-5.37397155531e-2f));
+    p = O::fma(p, z, O::set1(1.33314422036e-1f));
+    p = O::fma(p, z, O::set1(-3.33332819422e-1f));
+    const V small = O::fma(O::mul(p, z), x, x);
+    return O::select(O::ge(ax, O::set1(0.625f)), O::copysign(big, x), small);
+  }
+
+  static inline V softplus(V x) {
+    // max(x, 0) + log(1 + e^{-|x|}): never overflows.
+    const V t = exp(O::neg(O::abs(x)));
+    return O::add(O::max(O::zero(), x), log(O::add(O::set1(1.0f), t)));
+  }
+
+  static inline V erf(V x) {
+    const V ax = O::abs(x);
+    const V t = O::div(O::set1(1.0f), O::fma(O::set1(0.3275911f), ax, O::set1(1.0f)));
+    V p = O::set1(1.061405429f);
+    p = O::fma(p, t, O::set1(-1.453152027f));
+    p = O::fma(p, t, O::set1(1.421413741f));
+    p = O::fma(p, t, O::set1(-0.284496736f));
+    p = O::fma(p, t, O::set1(0.254829592f));
+    p = O::mul(p, t);
+    const V y = O::sub(O::set1(1.0f), O::mul(p, exp(O::neg(O::mul(ax, ax)))));
+    return O::copysign(y, x);
+  }
+
+  static inline V hard_sigmoid(V x, float slope) {
+    const V y = O::fma(x, O::set1(slope), O::set1(0.5f));
+    return O::min(O::set1(1.0f), O::max(O::zero(), y));
+  }
+
+  static inline V apply(Act a, V x) {
+    switch (a) {
+      case Act::kLinear:
+        return x;
+      case Act::kRelu:
+        return O::max(O::zero(), x);
+      case Act::kTanh:
+        return tanh(x);
+      case Act::kSigmoid:
+        return sigmoid(x);
+      case Act::kHardSigmoid:
+        return hard_sigmoid(x, 1.0f / 6.0f);
+      case Act::kHardSigmoidKeras2:
+        return hard_sigmoid(x, 0.2f);
+      case Act::kElu: {
+        const V neg = O::sub(exp(x), O::set1(1.0f));
+        return O::select(O::gt(x, O::zero()), x, neg);
+      }
+      case Act::kSelu: {
+        const V neg = O::mul(O::set1(1.6732632423543772f), O::sub(exp(x), O::set1(1.0f)));
+        return O::mul(O::set1(1.0507009873554805f), O::select(O::gt(x, O::zero()), x, neg));
+      }
+      case Act::kSoftplus:
+        return softplus(x);
+      case Act::kSoftsign:
+        return O::div(x, O::add(O::set1(1.0f), O::abs(x)));
+      case Act::kSwish:
+        return O::mul(x, sigmoid(x));
+      case Act::kGelu:
+        return O::mul(O::mul(O::set1(0.5f), x),
+                      O::add(O::set1(1.0f), erf(O::mul(x, O::set1(0.70710678118654752f)))));
+      case Act::kExponential:
+        return exp(x);
+      case Act::kRelu6:
+        return O::min(O::set1(6.0f), O::max(O::zero(), x));
+      case Act::kLeakyRelu:
+        return O::select(O::lt(x, O::zero()), O::mul(x, O::set1(0.2f)), x);
+      case Act::kMish:
+        return O::mul(x, tanh(softplus(x)));
+      case Act::kHardSwish:
+        return O::mul(x, hard_sigmoid(x, 1.0f / 6.0f));
+      case Act::kSoftmax:
+      case Act::kLogSoftmax:
+        break;  // vector activations are applied by apply_row, never per element
+    }
+    return x;
+  }
+};
+
+}  // namespace act
+}  // namespace rnninfer

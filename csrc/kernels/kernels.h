@@ -1,0 +1,119 @@
+// The kernel table: every ISA-specific routine the engine calls, with its
+// contract. One table per compiled ISA (kernels_<isa>.cc); cpu/dispatch.cc
+// picks one at run time. The engine never calls an ISA-specific symbol
+// directly, only through a table, so adding an ISA touches no engine code.
+//
+// Shared determinism contract: every output element is computed by the same
+// sequence of floating-point operations whatever the row count, the row or
+// column position in a tile, or the tail handling. Reductions run along K in
+// increasing order in a single accumulator per element, starting from 0.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace rnninfer {
+
+enum class Act : int {
+  kLinear = 0,
+  kRelu,
+  kTanh,
+  kSigmoid,
+  kHardSigmoid,        // Keras 3: clip(x / 6 + 0.5, 0, 1)
+  kHardSigmoidKeras2,  // Keras 2: clip(0.2 x + 0.5, 0, 1)
+  kElu,
+  kSelu,
+  kSoftplus,
+  kSoftsign,
+  kSwish,
+  kGelu,
+  kExponential,
+  kRelu6,
+  kLeakyRelu,  // negative slope 0.2 (Keras' default)
+  kMish,
+  kHardSwish,
+  kSoftmax,     // over a whole row (head layers only)
+  kLogSoftmax,  // over a whole row (head layers only)
+};
+
+// A weight matrix W (N x K, row-major in the file) packed for gemm():
+// column panels of `nr` outputs; panel p holds, for k = 0..K-1, the nr values
+// W[p*nr + j][k] (zero past N). 64-byte aligned.
+struct PackedGemm {
+  const float* data = nullptr;
+  const float* bias = nullptr;  // N values or nullptr (= zero)
+  int n = 0;                    // outputs
+  int k = 0;                    // reduction length
+  int nr = 0;                   // panel width (KernelTable::gemm_nr)
+};
+
+// gemm: C[m][n] = (sum_k A[m][k] * W[n][k]) + bias[n] for m < M, n < N.
+// A is M x K with row stride lda; C has row stride ldc. Per element the sum
+// starts at 0, runs k = 0..K-1 with Ops::fma, then adds the bias.
+using GemmFn = void (*)(const PackedGemm& w, const float* a, std::size_t lda, int m, float* c,
+                        std::size_t ldc);
+
+// Recurrent weights (G gate blocks of H rows, each K wide) packed for the step
+// kernels: unit tiles of `tile` hidden units; tile t holds, for k = 0..K-1 and
+// gate g = 0..G-1, the `tile` values W[g*H + t*tile + u][k] (zero past H).
+// One tile carries every gate of its units, so the pointwise update of those
+// units runs right after their product, while the values are in registers.
+struct PackedRec {
+  const float* data = nullptr;
+  int gates = 0;
+  int h = 0;     // units
+  int k = 0;     // recurrent input width (H, or P for a projected LSTM)
+  int tile = 0;  // KernelTable::rec_tile
+};
+
+// Arguments of one recurrent step over `n` rows (the sequences active at this
+// step). Rows are independent; each row r reads row r of every input.
+struct StepArgs {
+  const PackedRec* w = nullptr;   // recurrent weights (all gates)
+  const PackedRec* w2 = nullptr;  // GRU reset-before: candidate weights (gate n only)
+  int n = 0;
+  const float* h_prev = nullptr;  // n x K, stride ld_h
+  std::size_t ld_h = 0;
+  const float* xp = nullptr;      // n x (G*H) input projections + folded biases, stride ld_xp
+  std::size_t ld_xp = 0;
+  const float* b_hn = nullptr;    // GRU reset-after: H recurrent candidate biases, or nullptr
+  const float* c_prev = nullptr;  // LSTM: n x H cell state, stride ld_c
+  float* c_next = nullptr;        // LSTM: n x H
+  std::size_t ld_c = 0;
+  float* h_next = nullptr;        // n x H new hidden state (LSTM with projection: o*act(c))
+  std::size_t ld_hn = 0;
+  float* y = nullptr;             // optional copy of h_next (layer output rows), stride ld_y
+  std::size_t ld_y = 0;
+  float* scratch = nullptr;       // GRU reset-before: 2 * n * H floats (z, r*h)
+  Act act = Act::kTanh;
+  Act ract = Act::kSigmoid;
+};
+
+using StepFn = void (*)(const StepArgs& a);
+
+struct KernelTable {
+  const char* name;
+  int gemm_nr;   // panel width of PackedGemm
+  int rec_tile;  // unit tile of PackedRec
+  GemmFn gemm;
+  StepFn lstm_step;
+  StepFn gru_step;               // reset_after = true
+  StepFn gru_reset_before_step;  // reset_after = false (uses w and w2)
+  StepFn rnn_step;
+  // Element-wise activation over n floats, in place.
+  void (*activate)(Act a, float* x, int n);
+};
+
+namespace kernels {
+namespace scalar {
+const KernelTable& table();
+}
+namespace avx2 {
+const KernelTable& table();
+}
+namespace avx512 {
+const KernelTable& table();
+}
+}  // namespace kernels
+
+}  // namespace rnninfer

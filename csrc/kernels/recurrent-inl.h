@@ -1,0 +1,267 @@
+// Recurrent step kernels (lstm_step_<isa>, gru_step_<isa>,
+// gru_reset_before_step_<isa>, rnn_step_<isa>): the recurrent product
+// W_h h of one step fused with the cell's pointwise update.
+//
+// Equations: docs/format.md ("Cell equations"). The input projection
+// W_x x + b (all biases that are outside the reset gate folded in) arrives
+// precomputed in `xp`, so a step only streams the recurrent weights.
+// Layout: PackedRec (kernels.h): unit tiles of kLanes units, each holding all
+// G gates for every k, so the update of a tile's units follows its product
+// while the gate sums are still in registers. Rows (sequences) are processed
+// RB at a time to reuse each loaded weight vector RB times.
+// Tails: the last tile uses masked loads/stores; weights past H are zero.
+// Determinism: per element acc = 0, acc = fma(w, h_k, acc) for k = 0..K-1,
+// then the same pointwise code for every row group size and tile position.
+// Preconditions (checked by the engine, asserted in debug builds): h_prev,
+// h_next, c_prev, c_next do not alias; y may be nullptr.
+#pragma once
+
+#include <cassert>
+#include <cstddef>
+
+#include "kernels/activations-inl.h"
+#include "kernels/kernels.h"
+#include "simd/vec.h"
+
+namespace rnninfer {
+namespace rec_impl {
+
+template <Isa I, int G, int RB>
+inline void product(const float* wt, int K, const float* h, std::size_t ld_h,
+                    typename Ops<I>::V (&acc)[RB][G]) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  for (int r = 0; r < RB; ++r)
+    for (int g = 0; g < G; ++g) acc[r][g] = O::zero();
+  const float* w = wt;
+  for (int k = 0; k < K; ++k, w += G * L) {
+    V wv[G];
+    for (int g = 0; g < G; ++g) wv[g] = O::load(w + g * L);
+    for (int r = 0; r < RB; ++r) {
+      const V hv = O::set1(h[r * ld_h + k]);
+      for (int g = 0; g < G; ++g) acc[r][g] = O::fma(wv[g], hv, acc[r][g]);
+    }
+  }
+}
+
+template <Isa I>
+inline typename Ops<I>::V ld(const float* p, int nu) {
+  return nu == Ops<I>::kLanes ? Ops<I>::load(p) : Ops<I>::load_n(p, nu);
+}
+template <Isa I>
+inline void st(float* p, typename Ops<I>::V v, int nu) {
+  if (nu == Ops<I>::kLanes)
+    Ops<I>::store(p, v);
+  else
+    Ops<I>::store_n(p, v, nu);
+}
+
+// Gate and candidate activations; the common (sigmoid, tanh) pair skips the
+// switch so the compiler can inline and schedule the polynomials.
+template <Isa I, bool kDefault>
+struct Acts {
+  using V = typename Ops<I>::V;
+  Act act, ract;
+  inline V gate(V x) const {
+    return kDefault ? act::Math<I>::sigmoid(x) : act::Math<I>::apply(ract, x);
+  }
+  inline V cand(V x) const {
+    return kDefault ? act::Math<I>::tanh(x) : act::Math<I>::apply(act, x);
+  }
+};
+
+template <Isa I, int RB, bool kDefault>
+inline void lstm_rows(const StepArgs& a, int r0, int tile) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  const PackedRec& w = *a.w;
+  const int H = w.h;
+  const int u0 = tile * L;
+  const int nu = H - u0 < L ? H - u0 : L;
+  V acc[RB][4];
+  product<I, 4, RB>(w.data + static_cast<std::size_t>(tile) * w.k * 4 * L, w.k,
+                    a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  const Acts<I, kDefault> f{a.act, a.ract};
+  for (int r = 0; r < RB; ++r) {
+    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const V gi = f.gate(O::add(acc[r][0], ld<I>(xp, nu)));
+    const V gf = f.gate(O::add(acc[r][1], ld<I>(xp + H, nu)));
+    const V gg = f.cand(O::add(acc[r][2], ld<I>(xp + 2 * H, nu)));
+    const V go = f.gate(O::add(acc[r][3], ld<I>(xp + 3 * H, nu)));
+    const V c = O::fma(gf, ld<I>(a.c_prev + (r0 + r) * a.ld_c + u0, nu), O::mul(gi, gg));
+    st<I>(a.c_next + (r0 + r) * a.ld_c + u0, c, nu);
+    const V h = O::mul(go, f.cand(c));
+    st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
+    if (a.y) st<I>(a.y + (r0 + r) * a.ld_y + u0, h, nu);
+  }
+}
+
+template <Isa I, int RB, bool kDefault>
+inline void gru_rows(const StepArgs& a, int r0, int tile) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  const PackedRec& w = *a.w;
+  const int H = w.h;
+  const int u0 = tile * L;
+  const int nu = H - u0 < L ? H - u0 : L;
+  V acc[RB][3];
+  product<I, 3, RB>(w.data + static_cast<std::size_t>(tile) * w.k * 3 * L, w.k,
+                    a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  const Acts<I, kDefault> f{a.act, a.ract};
+  const V bhn = a.b_hn ? ld<I>(a.b_hn + u0, nu) : O::zero();
+  for (int r = 0; r < RB; ++r) {
+    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const V gr = f.gate(O::add(acc[r][0], ld<I>(xp, nu)));
+    const V gz = f.gate(O::add(acc[r][1], ld<I>(xp + H, nu)));
+    const V gn = f.cand(O::fma(gr, O::add(acc[r][2], bhn), ld<I>(xp + 2 * H, nu)));
+    const V hp = ld<I>(a.h_prev + (r0 + r) * a.ld_h + u0, nu);
+    const V h = O::fma(gz, hp, O::mul(O::sub(O::set1(1.0f), gz), gn));
+    st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
+    if (a.y) st<I>(a.y + (r0 + r) * a.ld_y + u0, h, nu);
+  }
+}
+
+// GRU with the reset gate before the product, pass 1: r and z, then r*h and
+// z are parked in scratch (n x H each) for pass 2, which needs r*h of all units.
+template <Isa I, int RB, bool kDefault>
+inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  const PackedRec& w = *a.w;
+  const int H = w.h;
+  const int u0 = tile * L;
+  const int nu = H - u0 < L ? H - u0 : L;
+  V acc[RB][2];
+  product<I, 2, RB>(w.data + static_cast<std::size_t>(tile) * w.k * 2 * L, w.k,
+                    a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  const Acts<I, kDefault> f{a.act, a.ract};
+  float* zs = a.scratch;
+  float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
+  for (int r = 0; r < RB; ++r) {
+    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const V gr = f.gate(O::add(acc[r][0], ld<I>(xp, nu)));
+    const V gz = f.gate(O::add(acc[r][1], ld<I>(xp + H, nu)));
+    const V hp = ld<I>(a.h_prev + (r0 + r) * a.ld_h + u0, nu);
+    st<I>(zs + (r0 + r) * H + u0, gz, nu);
+    st<I>(rh + (r0 + r) * H + u0, O::mul(gr, hp), nu);
+  }
+}
+
+template <Isa I, int RB, bool kDefault>
+inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  const PackedRec& w = *a.w2;
+  const int H = w.h;
+  const int u0 = tile * L;
+  const int nu = H - u0 < L ? H - u0 : L;
+  const float* zs = a.scratch;
+  const float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
+  V acc[RB][1];
+  product<I, 1, RB>(w.data + static_cast<std::size_t>(tile) * w.k * L, w.k, rh + r0 * H,
+                    static_cast<std::size_t>(H), acc);
+  const Acts<I, kDefault> f{a.act, a.ract};
+  for (int r = 0; r < RB; ++r) {
+    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const V gn = f.cand(O::add(acc[r][0], ld<I>(xp + 2 * H, nu)));
+    const V gz = ld<I>(zs + (r0 + r) * H + u0, nu);
+    const V hp = ld<I>(a.h_prev + (r0 + r) * a.ld_h + u0, nu);
+    const V h = O::fma(gz, hp, O::mul(O::sub(O::set1(1.0f), gz), gn));
+    st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
+    if (a.y) st<I>(a.y + (r0 + r) * a.ld_y + u0, h, nu);
+  }
+}
+
+template <Isa I, int RB, bool kDefault>
+inline void rnn_rows(const StepArgs& a, int r0, int tile) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  const PackedRec& w = *a.w;
+  const int u0 = tile * L;
+  const int nu = w.h - u0 < L ? w.h - u0 : L;
+  V acc[RB][1];
+  product<I, 1, RB>(w.data + static_cast<std::size_t>(tile) * w.k * L, w.k,
+                    a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  for (int r = 0; r < RB; ++r) {
+    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const V h = act::Math<I>::apply(a.act, O::add(acc[r][0], ld<I>(xp, nu)));
+    st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
+    if (a.y) st<I>(a.y + (r0 + r) * a.ld_y + u0, h, nu);
+  }
+}
+
+// Runs `Rows<RB>` over every (row group, tile); row tails use RB = 1, which
+// performs the same per-element operations.
+template <int RB, typename Full, typename One>
+inline void for_rows(int n, int tiles, Full full, One one) {
+  int r = 0;
+  for (; r + RB <= n; r += RB)
+    for (int t = 0; t < tiles; ++t) full(r, t);
+  for (; r < n; ++r)
+    for (int t = 0; t < tiles; ++t) one(r, t);
+}
+
+template <Isa I>
+inline int tiles_of(int h) {
+  return (h + Ops<I>::kLanes - 1) / Ops<I>::kLanes;
+}
+
+template <Isa I, int RB>
+void lstm_step(const StepArgs& a) {
+  assert(a.h_prev != a.h_next && a.c_prev != a.c_next);
+  const int tiles = tiles_of<I>(a.w->h);
+  if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
+    for_rows<RB>(a.n, tiles, [&](int r, int t) { lstm_rows<I, RB, true>(a, r, t); },
+                 [&](int r, int t) { lstm_rows<I, 1, true>(a, r, t); });
+  else
+    for_rows<RB>(a.n, tiles, [&](int r, int t) { lstm_rows<I, RB, false>(a, r, t); },
+                 [&](int r, int t) { lstm_rows<I, 1, false>(a, r, t); });
+}
+
+template <Isa I, int RB>
+void gru_step(const StepArgs& a) {
+  assert(a.h_prev != a.h_next);
+  const int tiles = tiles_of<I>(a.w->h);
+  if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
+    for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rows<I, RB, true>(a, r, t); },
+                 [&](int r, int t) { gru_rows<I, 1, true>(a, r, t); });
+  else
+    for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rows<I, RB, false>(a, r, t); },
+                 [&](int r, int t) { gru_rows<I, 1, false>(a, r, t); });
+}
+
+template <Isa I, int RB>
+void gru_reset_before_step(const StepArgs& a) {
+  assert(a.h_prev != a.h_next && a.scratch != nullptr && a.w2 != nullptr);
+  const int tiles = tiles_of<I>(a.w->h);
+  for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rb_pass1<I, RB, false>(a, r, t); },
+               [&](int r, int t) { gru_rb_pass1<I, 1, false>(a, r, t); });
+  for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rb_pass2<I, RB, false>(a, r, t); },
+               [&](int r, int t) { gru_rb_pass2<I, 1, false>(a, r, t); });
+}
+
+template <Isa I, int RB>
+void rnn_step(const StepArgs& a) {
+  assert(a.h_prev != a.h_next);
+  const int tiles = tiles_of<I>(a.w->h);
+  for_rows<RB>(a.n, tiles, [&](int r, int t) { rnn_rows<I, RB, false>(a, r, t); },
+               [&](int r, int t) { rnn_rows<I, 1, false>(a, r, t); });
+}
+
+template <Isa I>
+void activate(Act a, float* x, int n) {
+  using O = Ops<I>;
+  constexpr int L = O::kLanes;
+  int i = 0;
+  for (; i + L <= n; i += L) O::store(x + i, act::Math<I>::apply(a, O::load(x + i)));
+  if (i < n) O::store_n(x + i, act::Math<I>::apply(a, O::load_n(x + i, n - i)), n - i);
+}
+
+}  // namespace rec_impl
+}  // namespace rnninfer

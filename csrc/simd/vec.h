@@ -1,0 +1,81 @@
+// Portable SIMD vocabulary shared by every kernel body.
+//
+// A kernel body (kernels/*-inl.h) is written once as a template on `Isa` and
+// only uses the static functions of `Ops<Isa>` below. Each ISA translation
+// unit (kernels_<isa>.cc) includes exactly one specialisation header and
+// instantiates the bodies, so the compiler flags of that TU (-mavx2 -mfma,
+// -mavx512f ...) never leak into code that runs on other CPUs.
+//
+// Ops<I> contract (V = vector of kLanes floats, M = lane mask):
+//   load/store: unaligned; load_n/store_n touch only the first n < kLanes lanes
+//   fma(a, b, c) = a * b + c; fused on SIMD ISAs, unfused on the scalar one.
+//     Either way it is the same operation in every code path of one ISA, which
+//     is what determinism needs (a sequence's bits do not depend on tiling).
+//   min/max(a, b): if either is NaN the result is b (x86 semantics); callers
+//     put the value to clamp second so that NaN propagates.
+//   pow2i(n): 2^n for integer-valued n in [-126, 127].
+//   frexp(x, e): mantissa in [0.5, 1) and exponent for finite positive normal x.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace rnninfer {
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
+
+template <Isa I>
+struct Ops;
+
+template <>
+struct Ops<Isa::kScalar> {
+  using V = float;
+  using M = bool;
+  static constexpr int kLanes = 1;
+
+  static inline V load(const float* p) { return *p; }
+  static inline void store(float* p, V v) { *p = v; }
+  static inline V load_n(const float* p, int n) { return n > 0 ? *p : 0.0f; }
+  static inline void store_n(float* p, V v, int n) {
+    if (n > 0) *p = v;
+  }
+  static inline V set1(float x) { return x; }
+  static inline V zero() { return 0.0f; }
+  static inline V add(V a, V b) { return a + b; }
+  static inline V sub(V a, V b) { return a - b; }
+  static inline V mul(V a, V b) { return a * b; }
+  static inline V div(V a, V b) { return a / b; }
+  // Unfused on purpose: the scalar TU is built with -ffp-contract=off and the
+  // baseline ISA has no FMA instruction (std::fma would be a slow libm call).
+  static inline V fma(V a, V b, V c) { return a * b + c; }
+  static inline V min(V a, V b) { return (a < b) ? a : b; }
+  static inline V max(V a, V b) { return (a > b) ? a : b; }
+  static inline V abs(V a) { return std::fabs(a); }
+  static inline V neg(V a) { return -a; }
+  static inline M gt(V a, V b) { return a > b; }
+  static inline M ge(V a, V b) { return a >= b; }
+  static inline M lt(V a, V b) { return a < b; }
+  static inline V select(M m, V a, V b) { return m ? a : b; }
+  static inline V round(V a) { return std::nearbyint(a); }
+  static inline V copysign(V mag, V sgn) { return std::copysign(mag, sgn); }
+  static inline V pow2i(V n) {
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float r;
+    std::memcpy(&r, &bits, sizeof r);
+    return r;
+  }
+  static inline V frexp(V x, V* e) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    *e = static_cast<float>(static_cast<int32_t>((bits >> 23) & 0xff) - 126);
+    bits = (bits & 0x807fffffu) | 0x3f000000u;
+    float m;
+    std::memcpy(&m, &bits, sizeof m);
+    return m;
+  }
+  static inline float reduce_add(V a) { return a; }
+  static inline float reduce_max(V a) { return a; }
+};
+
+}  // namespace rnninfer

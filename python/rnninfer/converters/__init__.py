@@ -1,0 +1,1 @@
+"""Converters from training frameworks to rnninfer's canonical spec + tensors."""

@@ -1,0 +1,150 @@
+"""Read and write the ``.npz`` model file (format described in ``docs/format.md``)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFormatError
+from .manifest import FORMAT_NAME, FORMAT_VERSION, ModelSpec
+from .spec import DTYPE, validate
+
+MANIFEST_KEY = "__manifest__"
+
+
+def manifest_dict(spec: ModelSpec, tensors: dict[str, np.ndarray], producer: dict[str, Any]) -> dict[str, Any]:
+    """The JSON manifest for a spec, its tensors and where it came from."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "producer": producer,
+        "model": spec.to_json_dict(),
+        "tensors": {
+            name: {"shape": list(t.shape), "dtype": "float32"} for name, t in tensors.items()
+        },
+    }
+
+
+def write(
+    path: str | os.PathLike[str],
+    spec: ModelSpec,
+    tensors: dict[str, np.ndarray],
+    producer: dict[str, Any],
+    *,
+    compress: bool = False,
+) -> None:
+    """Write a model file. The caller has validated ``spec`` and ``tensors``."""
+    manifest = json.dumps(manifest_dict(spec, tensors, producer), indent=1, sort_keys=True)
+    arrays: dict[str, np.ndarray] = {
+        MANIFEST_KEY: np.frombuffer(manifest.encode("utf-8"), dtype=np.uint8)
+    }
+    for name, t in tensors.items():
+        arrays[name] = np.ascontiguousarray(t, dtype=DTYPE)
+    path = os.fspath(path)
+    # Write to a temporary name first so that a crash never leaves a half file
+    # under the final name.
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+
+
+def read(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
+    """Read and fully validate a model file.
+
+    Returns:
+        ``(spec, tensors, manifest)``.
+
+    Raises:
+        ModelFormatError: for anything wrong with the file, listing every
+            problem found.
+    """
+    src = os.fspath(path)
+    try:
+        with open(src, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelFormatError(f"cannot read model file: {e}", source=src) from e
+    return read_bytes(data, source=src)
+
+
+def read_bytes(
+    data: bytes, *, source: str = "<bytes>"
+) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
+    """Like :func:`read`, from the bytes of a file."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise ModelFormatError("not an .npz archive (no zip structure; truncated or not a model file)", source=source)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise ModelFormatError(f"archive member {bad!r} is corrupt (CRC mismatch)", source=source)
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
+        arrays = {k: npz[k] for k in npz.files}
+    except ModelFormatError:
+        raise
+    except Exception as e:  # zipfile/numpy raise many types for damaged archives
+        raise ModelFormatError(f"corrupt archive: {type(e).__name__}: {e}", source=source) from e
+
+    if MANIFEST_KEY not in arrays:
+        raise ModelFormatError(f"no {MANIFEST_KEY!r} entry: not an rnninfer model file", source=source)
+    raw = arrays.pop(MANIFEST_KEY)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ModelFormatError(f"{MANIFEST_KEY!r} must be a 1-D uint8 array", source=source)
+    try:
+        manifest = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"manifest is not valid UTF-8 JSON: {e}", source=source) from e
+    if not isinstance(manifest, dict):
+        raise ModelFormatError("manifest must be a JSON object", source=source)
+    if manifest.get("format") != FORMAT_NAME:
+        raise ModelFormatError(
+            f"manifest format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}", source=source
+        )
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFormatError(f"format_version must be a positive integer, got {version!r}", source=source)
+    if version > FORMAT_VERSION:
+        raise ModelFormatError(
+            f"format_version {version} is newer than this rnninfer reads ({FORMAT_VERSION}); "
+            "upgrade rnninfer",
+            source=source,
+        )
+    try:
+        spec = ModelSpec.from_json_dict(manifest.get("model"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFormatError(f"bad model description in manifest: {type(e).__name__}: {e}", source=source) from e
+
+    problems: list[str] = []
+    listed = manifest.get("tensors")
+    if not isinstance(listed, dict):
+        problems.append("manifest 'tensors' must be an object")
+    else:
+        for name, info in listed.items():
+            if name not in arrays:
+                problems.append(f"tensor {name!r} is listed in the manifest but missing from the archive")
+                continue
+            a = arrays[name]
+            if not isinstance(info, dict) or info.get("dtype") != "float32":
+                problems.append(f"tensor {name!r}: manifest dtype must be 'float32'")
+            if not isinstance(info, dict) or list(a.shape) != info.get("shape"):
+                problems.append(
+                    f"tensor {name!r}: archive shape {list(a.shape)} differs from manifest "
+                    f"{info.get('shape') if isinstance(info, dict) else info!r}"
+                )
+        for name in arrays:
+            if name not in listed:
+                problems.append(f"archive entry {name!r} is not listed in the manifest")
+    problems += validate(spec, arrays)
+    if problems:
+        raise ModelFormatError(sorted(set(problems), key=problems.index), source=source)
+    producer = manifest.get("producer", {})
+    if not isinstance(producer, dict):
+        producer = {}
+    manifest["producer"] = producer
+    return spec, arrays, manifest
