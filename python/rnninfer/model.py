@@ -87,8 +87,19 @@ class Model:
         producer: Mapping[str, Any] | None = None,
         threads: int | None = None,
         precision: str | None = None,
+        isa: str | None = None,
     ) -> None:
         """Validate ``spec`` and ``tensors`` and pack them for the engine.
+
+        Args:
+            spec: the model description.
+            tensors: canonical float32 tensors by name.
+            producer: provenance stored in saved files.
+            threads: threads per call (``None`` = the cores this process may use).
+            precision: weight precision (``"fp32"``).
+            isa: force a kernel ISA (``"scalar"``, ``"avx2"``, ``"avx512"``) for
+                this model, for tests and benchmarks; ``None`` = the process
+                default (``RNNINFER_ISA`` or the best the CPU runs).
 
         Raises:
             ModelFormatError: listing every problem with the spec or tensors.
@@ -106,7 +117,7 @@ class Model:
         self._precision = _check_precision(precision)
         from . import _core  # imported here so converters and the file format work without it
 
-        self._engine = _core.Engine(_engine_desc(spec), dict(tensors), self._threads)
+        self._engine = _core.Engine(_engine_desc(spec), dict(tensors), self._threads, isa or "")
         inp = spec.input
         self._tokens = inp.kind == "tokens"
         self._width = inp.width
@@ -137,6 +148,11 @@ class Model:
     def precision(self) -> str:
         """Weight precision of the packed engine weights."""
         return self._precision
+
+    @property
+    def isa(self) -> str:
+        """The instruction set this model's kernels use."""
+        return str(self._engine.isa)
 
     @property
     def output_width(self) -> int:
