@@ -2,13 +2,14 @@
 //
 // Numerical contract (float32 in, float32 out), measured against float64 in
 // tests/kernels/test_activations.py for every compiled ISA:
-//   exp:      relative error <= 2 ulp on [-87.3, 88.7]; inputs are clamped to
+//   exp:      relative error <= 2 ulp on [-87.3, 88.3]; inputs are clamped to
 //             that range, so exp(+inf) = 2.4e38 (finite) and exp(-inf) ~ 1e-38.
-//   sigmoid:  absolute error <= 2e-7; sigmoid(+inf) = 1, sigmoid(-inf) < 1e-37.
+//   sigmoid:  absolute error <= 2e-7; sigmoid(+inf) = 1, sigmoid(x < -88) = 0.
 //   tanh:     absolute error <= 2e-7; tanh(+-inf) = +-1; odd and exact at 0.
 //   gelu/erf: absolute error <= 2e-7 (Abramowitz & Stegun 7.1.26).
 //   log (softplus, mish): relative error <= 2 ulp for normal inputs.
-//   NaN in gives NaN out for every function here.
+//   NaN in gives NaN out for every function here. Unbounded products at
+//   infinities follow IEEE (swish(-inf) = -inf * 0 = NaN), as in the frameworks.
 // Cephes single-precision polynomials (public domain algorithms) are used for
 // exp, log and the small-argument tanh.
 #pragma once
@@ -71,7 +72,10 @@ struct Math {
   }
 
   static inline V sigmoid(V x) {
-    return O::div(O::set1(1.0f), O::add(O::set1(1.0f), exp(O::neg(x))));
+    const V y = O::div(O::set1(1.0f), O::add(O::set1(1.0f), exp(O::neg(x))));
+    // Below -88 the true value is under 6e-39; exactly 0 there keeps x * sigmoid(x)
+    // (swish) at 0 for huge negative x instead of x times a clamped denormal.
+    return O::select(O::lt(x, O::set1(-88.0f)), O::zero(), y);
   }
 
   static inline V tanh(V x) {
@@ -87,7 +91,8 @@ struct Math {
     p = O::fma(p, z, O::set1(1.33314422036e-1f));
     p = O::fma(p, z, O::set1(-3.33332819422e-1f));
     const V small = O::fma(O::mul(p, z), x, x);
-    return O::select(O::ge(ax, O::set1(0.625f)), O::copysign(big, x), small);
+    // copysign on both branches keeps tanh odd, including tanh(-0) = -0.
+    return O::copysign(O::select(O::ge(ax, O::set1(0.625f)), big, O::abs(small)), x);
   }
 
   static inline V softplus(V x) {

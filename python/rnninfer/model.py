@@ -422,8 +422,9 @@ def _prepare_features(
                 raise ValueError(f"sequence {i} has length 0 (zero-length sequences cannot be run)")
         lens = np.array([s.shape[0] for s in x], dtype=np.int32)
         arr = np.zeros((len(x), int(lens.max()), width), dtype=np.float32)
-        for i, s in enumerate(x):
-            arr[i, : lens[i]] = s
+        with np.errstate(over="ignore"):
+            for i, s in enumerate(x):
+                arr[i, : lens[i]] = s
     else:
         if isinstance(x, np.ndarray):
             a = x
@@ -457,7 +458,12 @@ def _prepare_features(
         if a.shape[2] != width:
             raise ValueError(f"expected {width} features per step, got {a.shape[2]}")
         lens = _check_lengths(lengths, a.shape[0], a.shape[1])
-        arr = a if (a.dtype == np.float32 and a.flags.c_contiguous) else np.ascontiguousarray(a, dtype=np.float32)
+        if a.dtype == np.float32 and a.flags.c_contiguous:
+            arr = a
+        else:
+            # Values beyond float32 become inf here and are reported just below.
+            with np.errstate(over="ignore"):
+                arr = np.ascontiguousarray(a, dtype=np.float32)
     T = arr.shape[1]
     inside = arr if int(lens.min()) == T else arr[np.arange(T)[None, :] < lens[:, None]]
     if not np.isfinite(inside).all():
