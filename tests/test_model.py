@@ -176,7 +176,7 @@ def test_nan_past_length_is_ignored(feat_model):
 def test_engine_checks_its_own_contract(tok_model):
     """Callers bypassing the Python checks get an exception from C++, not a crash."""
     eng = tok_model._engine
-    with pytest.raises(IndexError, match="token id 77"):
+    with pytest.raises(ValueError, match="token id 77"):
         eng.predict_tokens(np.array([[1, 77]], np.int32), np.array([2], np.int32))
     with pytest.raises(ValueError, match="lengths"):
         eng.predict_tokens(np.array([[1, 2]], np.int32), np.array([3], np.int32))
@@ -218,3 +218,21 @@ def test_summary_and_repr():
 
 def test_isa_reporting():
     assert rnninfer.isa() in rnninfer._core._testing.available_isas()
+
+
+def test_list_fast_path_matches_array_path(tok_model, seq_model):
+    for model in (tok_model, seq_model):
+        assert np.array_equal(model.predict([3, 1, 4, 1, 5]), model.predict(np.array([3, 1, 4, 1, 5])))
+    with pytest.raises(TypeError, match="position 1"):
+        tok_model.predict([1, "2"])
+    with pytest.raises(TypeError, match="position 2"):
+        tok_model.predict([1, 2, True])
+    with pytest.raises(ValueError, match="step 1 is out of range"):
+        tok_model.predict([1, 2**70])
+
+
+def test_uint64_ids_beyond_int64(tok_model):
+    x = np.array([1, 2**63 + 5], dtype=np.uint64)
+    with pytest.raises(ValueError, match="token id 9223372036854775813"):
+        tok_model.predict(x)
+    assert tok_model.predict(np.array([1, 2], np.uint64)).shape == (3,)

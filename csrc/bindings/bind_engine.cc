@@ -17,6 +17,7 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using TokenArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 template <typename T>
 T get(const py::dict& d, const char* key) {
@@ -81,12 +82,59 @@ class PyEngine {
     engine_ = std::make_unique<Engine>(std::move(d), map, threads, table);
   }
 
-  py::array_t<float> predict_tokens(const IntArray& tokens, const IntArray& lengths) const {
+  // One sequence given as a Python list of ints: the common call, converted
+  // here without building a numpy array first.
+  py::array_t<float> predict_token_list(const py::list& seq) const {
+    const py::ssize_t T = py::len(seq);
+    if (T == 0) throw std::invalid_argument("empty input: no tokens and no sequences");
+    std::vector<int64_t> ids(static_cast<size_t>(T));
+    for (py::ssize_t t = 0; t < T; ++t) {
+      PyObject* o = PyList_GET_ITEM(seq.ptr(), t);
+      if (!PyLong_Check(o) || PyBool_Check(o))
+        throw py::type_error("token ids must be integers, got " +
+                             std::string(Py_TYPE(o)->tp_name) + " at position " + std::to_string(t));
+      int overflow = 0;
+      const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+      if (overflow != 0 || v < 0 || v >= engine_->desc().vocab_size)
+        throw std::invalid_argument(
+            "token id " + py::str(o).cast<std::string>() + " at sequence 0, step " +
+            std::to_string(t) + " is out of range for the vocabulary [0, " +
+            std::to_string(engine_->desc().vocab_size) + ")");
+      ids[static_cast<size_t>(t)] = v;
+    }
+    const int32_t len = static_cast<int32_t>(T);
+    py::array_t<float> out = alloc_out(1, len, /*single=*/true);
+    float* op = out.mutable_data();
+    {
+      // Pure C++ from here: no Python object is touched until the guard ends.
+      py::gil_scoped_release nogil;
+      engine_->predict_tokens(ids.data(), 1, len, &len, op);
+    }
+    return out;
+  }
+
+  // One sequence as a 1-D integer array (any integer dtype but uint64).
+  py::array_t<float> predict_token_seq(const TokenArray& tokens) const {
+    if (tokens.ndim() != 1) throw std::invalid_argument("expected a 1-D token array");
+    const int32_t len = static_cast<int32_t>(tokens.shape(0));
+    if (len == 0) throw std::invalid_argument("zero-length sequence: token array has no steps");
+    py::array_t<float> out = alloc_out(1, len, /*single=*/true);
+    const int64_t* tp = tokens.data();
+    float* op = out.mutable_data();
+    {
+      // Pure C++ from here: no Python object is touched until the guard ends.
+      py::gil_scoped_release nogil;
+      engine_->predict_tokens(tp, 1, len, &len, op);
+    }
+    return out;
+  }
+
+  py::array_t<float> predict_tokens(const TokenArray& tokens, const IntArray& lengths) const {
     if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be a 2-D (batch, steps) array");
     const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
     check_lengths(lengths, B);
     py::array_t<float> out = alloc_out(B, T);
-    const int32_t* tp = tokens.data();
+    const int64_t* tp = tokens.data();
     const int32_t* lp = lengths.data();
     float* op = out.mutable_data();
     {
@@ -124,10 +172,11 @@ class PyEngine {
     if (lengths.ndim() != 1 || lengths.shape(0) != batch)
       throw std::invalid_argument("lengths must have shape (" + std::to_string(batch) + ",)");
   }
-  py::array_t<float> alloc_out(int B, int T) const {
+  py::array_t<float> alloc_out(int B, int T, bool single = false) const {
     const int ow = engine_->desc().output_width();
-    if (engine_->desc().readout == Readout::kSequence) return py::array_t<float>({B, T, ow});
-    return py::array_t<float>({B, ow});
+    if (engine_->desc().readout == Readout::kSequence)
+      return single ? py::array_t<float>({T, ow}) : py::array_t<float>({B, T, ow});
+    return single ? py::array_t<float>(ow) : py::array_t<float>({B, ow});
   }
 
   std::unique_ptr<Engine> engine_;
@@ -140,6 +189,8 @@ void register_engine(py::module_& m) {
       .def(py::init<const py::dict&, const py::dict&, int, const std::string&>(), py::arg("desc"),
            py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "")
       .def("predict_tokens", &PyEngine::predict_tokens, py::arg("tokens"), py::arg("lengths"))
+      .def("predict_token_list", &PyEngine::predict_token_list, py::arg("tokens"))
+      .def("predict_token_seq", &PyEngine::predict_token_seq, py::arg("tokens"))
       .def("predict_features", &PyEngine::predict_features, py::arg("x"), py::arg("lengths"))
       .def_property_readonly("isa", &PyEngine::isa)
       .def_property_readonly("threads", &PyEngine::threads);

@@ -24,6 +24,13 @@ class AlignedBuffer {
       std::memset(ptr_.get(), 0, n * sizeof(float));
     }
   }
+  // Grow-only resize for per-call scratch kept across calls: contents are
+  // not preserved or zeroed (every user writes before it reads).
+  void ensure(std::size_t n) {
+    if (n <= size_) return;
+    ptr_.reset(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(kAlign))));
+    size_ = n;
+  }
   float* data() { return ptr_.get(); }
   const float* data() const { return ptr_.get(); }
   std::size_t size() const { return size_; }

@@ -173,23 +173,69 @@ void plan_rows(Workspace& ws, int batch, int steps, const int32_t* lengths) {
 
 }  // namespace
 
-void Engine::predict_tokens(const int32_t* tokens, int batch, int steps, const int32_t* lengths,
+void Engine::plan_streams(Workspace& ws) const {
+  const int nl = static_cast<int>(desc_.layers.size());
+  ws.last_use.assign(static_cast<size_t>(nl) + 1, -1);
+  for (int l = 0; l < nl; ++l) {
+    ws.last_use[static_cast<size_t>(l)] = std::max(ws.last_use[static_cast<size_t>(l)], l);
+    const int r = desc_.layers[static_cast<size_t>(l)].residual_from;
+    if (r != kNoResidual) ws.last_use[static_cast<size_t>(r) + 1] = l;
+  }
+  ws.last_use[static_cast<size_t>(nl)] = nl;  // the top stream lives to the readout
+  ws.stream_slot.assign(static_cast<size_t>(nl) + 1, -1);
+}
+
+void Engine::open_stream(Workspace& ws, int s, std::size_t floats) const {
+  std::vector<bool> busy(ws.slots.size(), false);
+  for (int o : ws.stream_slot)
+    if (o >= 0) busy[static_cast<size_t>(o)] = true;
+  size_t slot = 0;
+  while (slot < busy.size() && busy[slot]) ++slot;
+  if (slot == ws.slots.size()) ws.slots.emplace_back();
+  ws.slots[slot].ensure(floats);
+  ws.stream_slot[static_cast<size_t>(s)] = static_cast<int>(slot);
+}
+
+void Engine::close_stream(Workspace& ws, int s) const { ws.stream_slot[static_cast<size_t>(s)] = -1; }
+
+Engine::Lease::Lease(const Engine& e) : engine_(e) {
+  {
+    std::lock_guard<std::mutex> lock(e.pool_mu_);
+    if (!e.pool_.empty()) {
+      ws_ = std::move(e.pool_.back());
+      e.pool_.pop_back();
+    }
+  }
+  if (!ws_) ws_ = std::make_unique<Workspace>();
+}
+
+Engine::Lease::~Lease() {
+  std::lock_guard<std::mutex> lock(engine_.pool_mu_);
+  // Keep a few workspaces for reuse; more than that were only needed by a
+  // burst of concurrent calls and are released.
+  if (engine_.pool_.size() < kMaxPooledWorkspaces) engine_.pool_.push_back(std::move(ws_));
+}
+
+void Engine::predict_tokens(const int64_t* tokens, int batch, int steps, const int32_t* lengths,
                             float* out) const {
   check_call(batch, steps, lengths);
-  Workspace ws;
+  Lease lease(*this);
+  Workspace& ws = lease.ws();
   plan_rows(ws, batch, steps, lengths);
   const int E = desc_.input_width;
-  ws.streams.resize(desc_.layers.size() + 1);
-  ws.streams[0] = AlignedBuffer(static_cast<std::size_t>(ws.rows) * E);
+  plan_streams(ws);
+  open_stream(ws, 0, static_cast<std::size_t>(ws.rows) * E);
+  float* in = ws.stream(0);
   for (int t = 0; t < ws.steps; ++t) {
     for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
       const int b = ws.order[static_cast<size_t>(i)];
-      const int32_t tok = tokens[static_cast<std::size_t>(b) * steps + t];
+      const int64_t tok = tokens[static_cast<std::size_t>(b) * steps + t];
       if (tok < 0 || tok >= desc_.vocab_size)
-        throw std::out_of_range(concat("token id ", tok, " at sequence ", b, ", step ", t,
-                                       " is outside [0, ", desc_.vocab_size, ")"));
+        throw std::invalid_argument(concat("token id ", tok, " at sequence ", b, ", step ", t,
+                                           " is out of range for the vocabulary [0, ",
+                                           desc_.vocab_size, ")"));
       const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
-      std::memcpy(ws.streams[0].data() + row * E, embedding_.data() + static_cast<std::size_t>(tok) * E,
+      std::memcpy(in + row * E, embedding_.data() + static_cast<std::size_t>(tok) * E,
                   static_cast<std::size_t>(E) * sizeof(float));
       if (desc_.mask_zero && tok == 0) {
         ws.skip[static_cast<size_t>(row)] = 1;
@@ -203,17 +249,19 @@ void Engine::predict_tokens(const int32_t* tokens, int batch, int steps, const i
 void Engine::predict_features(const float* x, int batch, int steps, const int32_t* lengths,
                               float* out) const {
   check_call(batch, steps, lengths);
-  Workspace ws;
+  Lease lease(*this);
+  Workspace& ws = lease.ws();
   plan_rows(ws, batch, steps, lengths);
   const int F = desc_.input_width;
-  ws.streams.resize(desc_.layers.size() + 1);
-  ws.streams[0] = AlignedBuffer(static_cast<std::size_t>(ws.rows) * F);
+  plan_streams(ws);
+  open_stream(ws, 0, static_cast<std::size_t>(ws.rows) * F);
+  float* in = ws.stream(0);
   for (int t = 0; t < ws.steps; ++t) {
     for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
       const int b = ws.order[static_cast<size_t>(i)];
       const float* src = x + (static_cast<std::size_t>(b) * steps + t) * F;
       const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
-      std::memcpy(ws.streams[0].data() + row * F, src, static_cast<std::size_t>(F) * sizeof(float));
+      std::memcpy(in + row * F, src, static_cast<std::size_t>(F) * sizeof(float));
       if (desc_.has_mask_value) {
         bool all = true;
         for (int f = 0; f < F && all; ++f) all = src[f] == desc_.mask_value;
@@ -228,17 +276,6 @@ void Engine::predict_features(const float* x, int batch, int steps, const int32_
 }
 
 void Engine::run(Workspace& ws, float* out) const {
-  const int nl = static_cast<int>(desc_.layers.size());
-  // A stream is freed after the last layer that reads it (its successor, or
-  // a later layer's residual link); the top stream lives to the readout.
-  ws.last_use.assign(static_cast<size_t>(nl) + 1, -1);
-  for (int l = 0; l < nl; ++l) {
-    ws.last_use[static_cast<size_t>(l)] = std::max(ws.last_use[static_cast<size_t>(l)], l);
-    const int r = desc_.layers[static_cast<size_t>(l)].residual_from;
-    if (r != kNoResidual) ws.last_use[static_cast<size_t>(r) + 1] = l;
-  }
-  ws.last_use[static_cast<size_t>(nl)] = nl;
-
   std::size_t max_h = 1, max_p = 1, max_gh = 1;
   bool need_merge_tmp = false;
   for (const LayerDesc& L : desc_.layers) {
@@ -254,16 +291,16 @@ void Engine::run(Workspace& ws, float* out) const {
                            : 1;
   for (int d = 0; d < max_dirs; ++d) {
     Workspace::DirState& st = ws.dir[d];
-    st.xproj = AlignedBuffer(static_cast<std::size_t>(kTimeBlock) * B * max_gh);
+    st.xproj.ensure(static_cast<std::size_t>(kTimeBlock) * B * max_gh);
     for (int k = 0; k < 2; ++k) {
-      st.h[k] = AlignedBuffer(B * max_p);
-      st.c[k] = AlignedBuffer(B * max_h);
+      st.h[k].ensure(B * max_p);
+      st.c[k].ensure(B * max_h);
     }
-    st.m = AlignedBuffer(B * max_h);
-    st.gru_scratch = AlignedBuffer(2 * B * max_h);
-    st.final_state = AlignedBuffer(B * max_p);
+    st.m.ensure(B * max_h);
+    st.gru_scratch.ensure(2 * B * max_h);
+    st.final_state.ensure(B * max_p);
   }
-  if (need_merge_tmp) ws.merge_tmp = AlignedBuffer(static_cast<std::size_t>(ws.rows) * max_p);
+  if (need_merge_tmp) ws.merge_tmp.ensure(static_cast<std::size_t>(ws.rows) * max_p);
 
   run_plan(
       desc_, ws.steps,
@@ -271,8 +308,7 @@ void Engine::run(Workspace& ws, float* out) const {
         if (u.dir == 0 && ((!u.reverse && u.t_begin == 0) || (u.reverse && u.t_end == ws.steps))) {
           // First unit of the layer: its output stream.
           const LayerDesc& L = desc_.layers[static_cast<size_t>(u.layer)];
-          ws.streams[static_cast<size_t>(u.layer) + 1] =
-              AlignedBuffer(static_cast<std::size_t>(ws.rows) * L.out_width());
+          open_stream(ws, u.layer + 1, static_cast<std::size_t>(ws.rows) * L.out_width());
         }
         run_unit(ws, u);
       },
@@ -300,7 +336,7 @@ void Engine::run_unit(Workspace& ws, const WorkUnit& u) const {
     st.cur = 0;
   }
 
-  const float* in = ws.streams[static_cast<size_t>(u.layer)].data();
+  const float* in = ws.stream(u.layer);
   const int64_t r0 = ws.offset[static_cast<size_t>(u.t_begin)];
   const int64_t r1 = ws.offset[static_cast<size_t>(u.t_end)];
   kernels_->gemm(dw.wx.view, in + r0 * in_w, static_cast<std::size_t>(in_w),
@@ -313,7 +349,7 @@ void Engine::run_unit(Workspace& ws, const WorkUnit& u) const {
     y_base = ws.merge_tmp.data();
     ld_y = static_cast<std::size_t>(P);
   } else {
-    y_base = ws.streams[static_cast<size_t>(u.layer) + 1].data() +
+    y_base = ws.stream(u.layer + 1) +
              ((L.dirs() == 2 && L.merge == Merge::kConcat && u.dir == 1) ? P : 0);
     ld_y = static_cast<std::size_t>(L.out_width());
   }
@@ -391,7 +427,7 @@ void Engine::run_unit(Workspace& ws, const WorkUnit& u) const {
 
 void Engine::finish_layer(Workspace& ws, int l) const {
   const LayerDesc& L = desc_.layers[static_cast<size_t>(l)];
-  float* out = ws.streams[static_cast<size_t>(l) + 1].data();
+  float* out = ws.stream(l + 1);
   const int W = L.out_width();
   if (L.dirs() == 2 && L.merge != Merge::kConcat) {
     const float* bwd = ws.merge_tmp.data();
@@ -399,14 +435,14 @@ void Engine::finish_layer(Workspace& ws, int l) const {
     for (int64_t i = 0; i < n; ++i) out[i] = merge_one(L.merge, out[i], bwd[i]);
   }
   if (L.residual_from != kNoResidual) {
-    const float* src = ws.streams[static_cast<size_t>(L.residual_from) + 1].data();
+    const float* src = ws.stream(L.residual_from + 1);
     for (int64_t r = 0; r < ws.rows; ++r) {
       if (ws.skip[static_cast<size_t>(r)]) continue;
       for (int j = 0; j < W; ++j) out[r * W + j] += src[r * W + j];
     }
   }
   for (size_t s = 0; s < ws.last_use.size(); ++s)
-    if (ws.last_use[s] == l) ws.streams[s] = AlignedBuffer();
+    if (ws.last_use[s] == l) close_stream(ws, static_cast<int>(s));
 }
 
 void Engine::dense_head(Workspace& ws, float* z, int rows, float* tmp) const {
@@ -436,12 +472,15 @@ void Engine::readout_and_head(Workspace& ws, float* out) const {
   const int P = top.dir_width();
   const int OW = desc_.output_width();
   const int B = ws.batch;
-  const float* seq = ws.streams.back().data();
+  const float* seq = ws.stream(static_cast<int>(desc_.layers.size()));
 
   if (desc_.readout == Readout::kSequence) {
     const std::size_t rows = static_cast<std::size_t>(ws.rows);
     const std::size_t wmax = static_cast<std::size_t>(std::max(max_head_width_, W));
-    AlignedBuffer za(rows * wmax), zb(rows * wmax);
+    AlignedBuffer& za = ws.head_a;
+    AlignedBuffer& zb = ws.head_b;
+    za.ensure(rows * wmax);
+    zb.ensure(rows * wmax);
     copy_rows(seq, static_cast<std::size_t>(W), za.data(), static_cast<std::size_t>(W),
               static_cast<int>(rows), W);
     dense_head(ws, za.data(), static_cast<int>(rows), zb.data());
@@ -459,8 +498,8 @@ void Engine::readout_and_head(Workspace& ws, float* out) const {
   }
 
   const std::size_t wmax = static_cast<std::size_t>(std::max(max_head_width_, W));
-  ws.head_a = AlignedBuffer(static_cast<std::size_t>(B) * wmax);
-  ws.head_b = AlignedBuffer(static_cast<std::size_t>(B) * wmax);
+  ws.head_a.ensure(static_cast<std::size_t>(B) * wmax);
+  ws.head_b.ensure(static_cast<std::size_t>(B) * wmax);
   float* z = ws.head_a.data();
   if (desc_.readout == Readout::kLast) {
     const float* f0 = ws.dir[0].final_state.data();

@@ -6,11 +6,14 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "engine/model_desc.h"
 #include "engine/packing.h"
+#include "engine/workspace.h"
 #include "kernels/kernels.h"
 
 namespace rnninfer {
@@ -34,7 +37,6 @@ struct LayerWeights {
   std::vector<DirWeights> dirs;
 };
 
-struct Workspace;
 struct WorkUnit;
 
 class Engine {
@@ -43,9 +45,10 @@ class Engine {
   // then packs the weights for `kernels` (nullptr = the process default).
   Engine(ModelDesc desc, const TensorMap& tensors, int threads, const KernelTable* kernels);
 
-  // tokens: B x T row-major int32, ids checked in [0, vocab); lengths: B values in [1, T].
+  // tokens: B x T row-major, ids checked in [0, vocab) (std::invalid_argument
+  // naming the sequence and step otherwise); lengths: B values in [1, T].
   // out: B * T * out_width (readout "sequence") or B * out_width floats.
-  void predict_tokens(const int32_t* tokens, int batch, int steps, const int32_t* lengths,
+  void predict_tokens(const int64_t* tokens, int batch, int steps, const int32_t* lengths,
                       float* out) const;
   // x: B x T x F row-major float32.
   void predict_features(const float* x, int batch, int steps, const int32_t* lengths,
@@ -58,7 +61,27 @@ class Engine {
   int64_t output_size(int steps) const;
 
  private:
+  // Per-call scratch comes from a small pool so that a call allocates
+  // nothing once the pool has warmed up; the pool is the engine's only
+  // mutable state and is guarded by pool_mu_.
+  static constexpr size_t kMaxPooledWorkspaces = 8;
+  class Lease {
+   public:
+    explicit Lease(const Engine& e);
+    ~Lease();
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    Workspace& ws() { return *ws_; }
+
+   private:
+    const Engine& engine_;
+    std::unique_ptr<Workspace> ws_;
+  };
+
   void check_call(int batch, int steps, const int32_t* lengths) const;
+  void plan_streams(Workspace& ws) const;
+  void open_stream(Workspace& ws, int s, std::size_t floats) const;
+  void close_stream(Workspace& ws, int s) const;
   void run(Workspace& ws, float* out) const;
   void run_unit(Workspace& ws, const WorkUnit& u) const;
   void finish_layer(Workspace& ws, int layer) const;
@@ -72,6 +95,8 @@ class Engine {
   std::vector<LayerWeights> layers_;
   std::vector<GemmWeights> head_;
   int max_head_width_ = 0;
+  mutable std::mutex pool_mu_;
+  mutable std::vector<std::unique_ptr<Workspace>> pool_;
 };
 
 }  // namespace rnninfer

@@ -25,8 +25,14 @@ struct Workspace {
   std::vector<uint8_t> skip;       // per packed row: masked step (state carried)
   bool any_skip = false;
 
-  std::vector<AlignedBuffer> streams;  // [0] model input, [i + 1] output of layer i
-  std::vector<int> last_use;           // last layer reading each stream
+  // Layer outputs live in a few reusable slots: stream s ([0] model input,
+  // [i + 1] output of layer i) uses slots[stream_slot[s]] from the layer that
+  // writes it to the last layer that reads it (its successor, or a later
+  // residual link), so a plain stack needs two slots whatever its depth.
+  std::vector<AlignedBuffer> slots;
+  std::vector<int> stream_slot;
+  std::vector<int> last_use;
+  float* stream(int s) { return slots[static_cast<size_t>(stream_slot[static_cast<size_t>(s)])].data(); }
   AlignedBuffer merge_tmp;             // backward half for sum/mul/ave merges
 
   // State of one direction while it runs; [0] forward (or only), [1] backward,

@@ -60,7 +60,10 @@ struct Ops<Isa::kScalar> {
   static inline V round(V a) { return std::nearbyint(a); }
   static inline V copysign(V mag, V sgn) { return std::copysign(mag, sgn); }
   static inline V pow2i(V n) {
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    // NaN (from a NaN input) must not reach the int conversion, which would
+    // be undefined behaviour; it propagates through the caller's product.
+    if (!(n >= -126.0f && n <= 127.0f)) return n != n ? n : (n > 0.0f ? HUGE_VALF : 0.0f);
+    const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
     float r;
     std::memcpy(&r, &bits, sizeof r);
     return r;

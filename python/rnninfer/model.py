@@ -15,10 +15,10 @@ from typing import Any, Union
 
 import numpy as np
 
+from .errors import ModelFormatError
 from .format import npz
 from .format.manifest import ModelSpec
 from .format.spec import DTYPE, count_params, expected_tensors, validate
-from .errors import ModelFormatError
 
 ArrayLike = Union[np.ndarray, Sequence[Any]]
 
@@ -187,6 +187,12 @@ class Model:
                 input.
         """
         if self._tokens:
+            if lengths is None and type(x) is list and x and type(x[0]) is int:
+                # The most common call, one list of ids: checked and converted in C++.
+                return self._engine.predict_token_list(x)  # type: ignore[no-any-return]
+            if (lengths is None and type(x) is np.ndarray and x.ndim == 1 and x.size
+                    and x.dtype.kind in "iu" and x.dtype != np.uint64):
+                return self._engine.predict_token_seq(x)  # type: ignore[no-any-return]
             data, lens, single = _prepare_tokens(x, lengths, self._vocab)
             out = self._engine.predict_tokens(data, lens)
         else:
@@ -250,7 +256,7 @@ class Model:
             rows.append((f"Dense({dense.activation})", str(dense.units), "-", str(n), shape))
         header = ("layer", "units", "direction", "params", "output shape")
         widths = [max(len(r[c]) for r in [header, *rows]) for c in range(5)]
-        line = "  ".join("{:<%d}" % w for w in widths)
+        line = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [f"Model {spec.name!r}", line.format(*header), line.format(*("-" * w for w in widths))]
         out += [line.format(*r) for r in rows]
         out.append(f"total params: {count_params(spec)}")
@@ -383,22 +389,21 @@ def _prepare_tokens(
         raise TypeError(
             f"token input must be a list or a numpy integer array, got {type(x).__name__}"
         )
-    # Only the steps inside each length are read, so only they are checked.
-    T = arr.shape[1]
-    if int(lens.min()) == T:
-        valid = arr
-    else:
-        valid = arr[np.arange(T)[None, :] < lens[:, None]]
-    lo, hi = int(valid.min()), int(valid.max())
-    if lo < 0 or hi >= vocab:
-        bad = lo if lo < 0 else hi
-        where = np.argwhere((arr == bad) & (np.arange(T)[None, :] < lens[:, None]))[0]
-        raise ValueError(
-            f"token id {bad} at sequence {int(where[0])}, step {int(where[1])} is out of range "
-            f"for the vocabulary [0, {vocab})"
-        )
-    if arr.dtype != np.int32:
-        arr = arr.astype(np.int32)
+    # Token ids are range-checked by the engine as it reads them (only the
+    # steps inside each length are read). int64 holds every id exactly, except
+    # uint64 values past 2**63, which are out of any vocabulary anyway.
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= vocab:
+        T = arr.shape[1]
+        inside = arr[np.arange(T)[None, :] < lens[:, None]]
+        if inside.size and int(inside.max()) >= vocab:
+            bad = int(inside.max())
+            b, t = np.argwhere((arr == bad) & (np.arange(T)[None, :] < lens[:, None]))[0]
+            raise ValueError(
+                f"token id {bad} at sequence {int(b)}, step {int(t)} is out of range "
+                f"for the vocabulary [0, {vocab})"
+            )
+    if arr.dtype != np.int64:
+        arr = arr.astype(np.int64)
     elif not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
     return arr, lens, single
