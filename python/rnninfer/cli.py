@@ -1,0 +1,164 @@
+"""The ``rnninfer`` command line: ``convert``, ``info``, ``predict``, ``bench``.
+
+Run ``rnninfer COMMAND --help`` for each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelFormatError
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+TORCH_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
+
+
+def _source_kind(src: str, given: str | None) -> str:
+    if given:
+        return given
+    suffix = Path(src).suffix.lower()
+    if suffix in KERAS_SUFFIXES:
+        return "keras"
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    raise SystemExit(
+        f"rnninfer convert: cannot tell the framework of {src!r} from its suffix; "
+        "pass --from keras or --from torch"
+    )
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from . import from_keras, from_torch
+
+    kind = _source_kind(args.src, args.from_)
+    if kind == "keras":
+        torch_only = [o for o in ("readout", "head_activation", "hidden_activation", "nonlinearity")
+                      if getattr(args, o) is not None]
+        if torch_only:
+            raise SystemExit(f"rnninfer convert: --{torch_only[0].replace('_', '-')} applies to --from torch only")
+        model = from_keras(args.src)
+    else:
+        model = from_torch(
+            args.src,
+            readout=args.readout or "last",
+            head_activation=args.head_activation,
+            hidden_activation=args.hidden_activation,
+            nonlinearity=args.nonlinearity or "tanh",
+        )
+    model.save(args.output, compress=args.compress)
+    print(model.summary())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import isa, load
+
+    model = load(args.model)
+    print(model.summary())
+    print(f"isa: {isa()}, threads: {model.threads}, precision: {model.precision}")
+    return 0
+
+
+def _parse_seq(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError as e:
+        raise SystemExit(f"rnninfer predict: --tokens takes integers separated by commas or spaces: {e}") from e
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from . import load
+
+    model = load(args.model, threads=args.threads)
+    x: Any
+    lengths = None
+    if args.tokens and args.input:
+        raise SystemExit("rnninfer predict: give --tokens or --input, not both")
+    if args.tokens:
+        seqs = [_parse_seq(t) for t in args.tokens]
+        x = seqs[0] if len(seqs) == 1 else seqs
+    elif args.input:
+        x = np.load(args.input, allow_pickle=False)
+        if args.lengths:
+            lengths = np.asarray(_parse_seq(args.lengths))
+    else:
+        raise SystemExit("rnninfer predict: give --tokens 1,2,3 (repeatable) or --input ARRAY.npy")
+    out = model.predict(x, lengths=lengths)
+    if args.output:
+        np.save(args.output, out)
+        print(f"wrote {args.output} with shape {out.shape}")
+    else:
+        print(json.dumps(np.round(out.astype(np.float64), 7).tolist()))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.runner import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``rnninfer`` command."""
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="rnninfer", description="Fast CPU inference for stacked RNN models.")
+    p.add_argument("--version", action="version", version=f"rnninfer {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert a Keras or PyTorch checkpoint to an rnninfer .npz")
+    c.add_argument("src", help=".keras/.h5 (Keras) or .pt/.pth/.safetensors (PyTorch)")
+    c.add_argument("-o", "--output", required=True, help="output .npz path")
+    c.add_argument("--from", dest="from_", choices=["keras", "torch"], help="source framework (default: by suffix)")
+    c.add_argument("--readout", choices=["last", "sequence"], help="torch: what the head reads")
+    c.add_argument("--head-activation", choices=["sigmoid", "softmax", "tanh", "relu"], help="torch")
+    c.add_argument("--hidden-activation", help="torch: activation between Linear head layers")
+    c.add_argument("--nonlinearity", choices=["tanh", "relu"], help="torch: nn.RNN activation for state dicts")
+    c.add_argument("--compress", action="store_true", help="deflate the archive")
+    c.set_defaults(func=_cmd_convert)
+
+    i = sub.add_parser("info", help="print a model's layer table and provenance")
+    i.add_argument("model")
+    i.set_defaults(func=_cmd_info)
+
+    r = sub.add_parser("predict", help="run a model on token ids or an input array")
+    r.add_argument("model")
+    r.add_argument("--tokens", action="append", help="one sequence of ids, e.g. 12,7,99 (repeat for a batch)")
+    r.add_argument("--input", help=".npy array: (T,) / (B, T) ids or (T, F) / (B, T, F) features")
+    r.add_argument("--lengths", help="true lengths of a padded --input, e.g. 5,3")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("-o", "--output", help="write the result to this .npy instead of printing it")
+    r.set_defaults(func=_cmd_predict)
+
+    b = sub.add_parser(
+        "bench",
+        help="time a model (default: the built-in headline model) against installed peer frameworks",
+    )
+    from .bench.runner import add_arguments
+
+    add_arguments(b)
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rnninfer`` console script and ``python -m rnninfer``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ModelFormatError, ValueError, TypeError, OSError) as e:
+        print(f"rnninfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
