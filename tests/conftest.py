@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-import rnninfer
 from rnninfer import _core
 from rnninfer.layers import Layer, complete_tensors, make_spec
 from rnninfer.model import Model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import random_inputs, reference_outputs
 
 from rnninfer.layers import (
     GRU,
@@ -15,8 +16,6 @@ from rnninfer.layers import (
     GlobalAveragePooling,
     GlobalMaxPooling,
 )
-
-from helpers import random_inputs, reference_outputs
 
 TOL = 1e-5
 

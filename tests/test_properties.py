@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from helpers import reference_outputs
 from hypothesis import given
 from hypothesis import strategies as st
 
 import rnninfer
-from helpers import reference_outputs
 from rnninfer import _core
 from rnninfer.layers import (
     GRU,
@@ -50,8 +50,8 @@ def architectures(draw: Any) -> list[Layer]:
         residual: bool | int = False
         if i > 0 and out_w == widths[-1] and draw(st.booleans()) and not (top and not rs):
             residual = True
-        kw = dict(bidirectional=bidir, merge=merge, go_backwards=backwards, return_sequences=rs,
-                  residual=residual, bias=draw(st.booleans()))
+        kw = {"bidirectional": bidir, "merge": merge, "go_backwards": backwards, "return_sequences": rs,
+                  "residual": residual, "bias": draw(st.booleans())}
         if cell == "lstm":
             layers.append(LSTM(units, proj_size=proj, **kw))  # type: ignore[arg-type]
         elif cell == "gru":

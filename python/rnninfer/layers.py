@@ -202,7 +202,7 @@ def make_spec(layers: Sequence[Layer], *, name: str = "model") -> ModelSpec:
         elif isinstance(layer, Dense):
             head.append(DenseSpec(units=layer.units, activation=layer.activation, bias=layer.bias))
         elif isinstance(layer, (Embedding, Features)):
-            raise ValueError(f"layer {pos} ({type(layer).__name__}): input layers go first only")
+            raise ValueError(f"layer {pos} ({type(layer).__name__}): input layers go first only")  # noqa: TRY004
         else:
             raise TypeError(f"layer {pos}: {layer!r} is not an rnninfer layer")
     spec = ModelSpec(input=inp, layers=tuple(rec), readout=readout, head=tuple(head), name=name)

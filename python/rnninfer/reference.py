@@ -60,8 +60,8 @@ def _run_direction(
 ) -> tuple[Array, Array]:
     """Run one direction over one sequence; returns (outputs (T, P), final h)."""
     H = layer.units
-    act = lambda v: activation(layer.activation, v)  # noqa: E731
-    ract = lambda v: activation(layer.recurrent_activation, v)  # noqa: E731
+    act = lambda v: activation(layer.activation, v)
+    ract = lambda v: activation(layer.recurrent_activation, v)
     w_ih, w_hh = w["w_ih"], w["w_hh"]
     zeros = np.zeros(w_ih.shape[0])
     b_ih, b_hh = w.get("b_ih", zeros), w.get("b_hh", zeros)

@@ -23,10 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 torch = framework("torch")
-from safetensors.numpy import save_file as save_numpy_safetensors  # noqa: E402
-from safetensors.torch import save_file as save_torch_safetensors  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+from safetensors.numpy import save_file as save_numpy_safetensors
+from safetensors.torch import save_file as save_torch_safetensors
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnninfer
 from rnninfer.converters.torch import convert_torch

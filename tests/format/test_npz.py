@@ -166,7 +166,7 @@ def test_corrupt_bytes(saved: Path, tmp_path: Path) -> None:
 
 def test_not_an_archive_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "x.npz").write_bytes(b"\x00" * 100)
-    with pytest.raises(ModelFormatError, match="not an .npz"):
+    with pytest.raises(ModelFormatError, match=r"not an \.npz"):
         rnninfer.load(tmp_path / "x.npz")
     with pytest.raises(ModelFormatError, match="cannot read"):
         rnninfer.load(tmp_path / "absent.npz")
