@@ -1,6 +1,9 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -9,6 +12,7 @@
 #include "cpu/dispatch.h"
 #include "engine/errors.h"
 #include "engine/scheduler.h"
+#include "engine/thread_pool.h"
 #include "engine/workspace.h"
 
 namespace rnninfer {
@@ -115,11 +119,20 @@ Engine::Engine(ModelDesc desc, const TensorMap& tensors, int threads, const Kern
         pack_rec(w_hh, H, P, gates, tile, &dw.wh);
       }
       if (L.proj_size > 0) pack_gemm(get(pre + "w_hr", {P, H}), P, H, nullptr, nr, &dw.wr);
+      if (i == 0 && desc_.tokens &&
+          static_cast<std::size_t>(desc_.vocab_size) * GH * L.dirs() * sizeof(float) <=
+              kMaxTokenProjectionBytes) {
+        dw.token_proj = AlignedBuffer(static_cast<std::size_t>(desc_.vocab_size) * GH);
+        kernels_->gemm(dw.wx.view, embedding_.data(), static_cast<std::size_t>(in),
+                       desc_.vocab_size, dw.token_proj.data(), static_cast<std::size_t>(GH));
+      }
     }
     layers_.push_back(std::move(lw));
     in = L.out_width();
   }
   max_head_width_ = in;
+  for (const LayerDesc& L : desc_.layers) max_width_p_ = std::max(max_width_p_, L.dir_width());
+  if (threads_ > 1) pool_ = std::make_unique<ThreadPool>(threads_);
   for (size_t j = 0; j < desc_.head.size(); ++j) {
     const DenseDesc& D = desc_.head[j];
     const std::string pre = "head." + std::to_string(j) + ".";
@@ -173,7 +186,7 @@ void plan_rows(Workspace& ws, int batch, int steps, const int32_t* lengths) {
 
 }  // namespace
 
-void Engine::plan_streams(Workspace& ws) const {
+void Engine::assign_slots(Workspace& ws, bool reuse) const {
   const int nl = static_cast<int>(desc_.layers.size());
   ws.last_use.assign(static_cast<size_t>(nl) + 1, -1);
   for (int l = 0; l < nl; ++l) {
@@ -182,38 +195,47 @@ void Engine::plan_streams(Workspace& ws) const {
     if (r != kNoResidual) ws.last_use[static_cast<size_t>(r) + 1] = l;
   }
   ws.last_use[static_cast<size_t>(nl)] = nl;  // the top stream lives to the readout
+  // Stream s is written by layer s - 1 and read up to layer last_use[s]; with
+  // layers run one after another, two streams may share a slot when those
+  // intervals do not meet.
   ws.stream_slot.assign(static_cast<size_t>(nl) + 1, -1);
+  std::vector<int> slot_free_after;  // per slot: last layer using it
+  for (int st = 0; st <= nl; ++st) {
+    const int writer = st - 1;
+    int slot = -1;
+    if (reuse)
+      for (size_t k = 0; k < slot_free_after.size(); ++k)
+        if (slot_free_after[k] < writer) {
+          slot = static_cast<int>(k);
+          break;
+        }
+    if (slot < 0) {
+      slot = static_cast<int>(slot_free_after.size());
+      slot_free_after.push_back(0);
+      if (ws.slots.size() < slot_free_after.size()) ws.slots.emplace_back();
+    }
+    slot_free_after[static_cast<size_t>(slot)] = ws.last_use[static_cast<size_t>(st)];
+    ws.stream_slot[static_cast<size_t>(st)] = slot;
+    ws.slots[static_cast<size_t>(slot)].ensure(static_cast<std::size_t>(ws.rows) * desc_.stream_width(st - 1));
+  }
 }
-
-void Engine::open_stream(Workspace& ws, int s, std::size_t floats) const {
-  std::vector<bool> busy(ws.slots.size(), false);
-  for (int o : ws.stream_slot)
-    if (o >= 0) busy[static_cast<size_t>(o)] = true;
-  size_t slot = 0;
-  while (slot < busy.size() && busy[slot]) ++slot;
-  if (slot == ws.slots.size()) ws.slots.emplace_back();
-  ws.slots[slot].ensure(floats);
-  ws.stream_slot[static_cast<size_t>(s)] = static_cast<int>(slot);
-}
-
-void Engine::close_stream(Workspace& ws, int s) const { ws.stream_slot[static_cast<size_t>(s)] = -1; }
 
 Engine::Lease::Lease(const Engine& e) : engine_(e) {
   {
-    std::lock_guard<std::mutex> lock(e.pool_mu_);
-    if (!e.pool_.empty()) {
-      ws_ = std::move(e.pool_.back());
-      e.pool_.pop_back();
+    std::lock_guard<std::mutex> lock(e.spare_mu_);
+    if (!e.spare_.empty()) {
+      ws_ = std::move(e.spare_.back());
+      e.spare_.pop_back();
     }
   }
   if (!ws_) ws_ = std::make_unique<Workspace>();
 }
 
 Engine::Lease::~Lease() {
-  std::lock_guard<std::mutex> lock(engine_.pool_mu_);
+  std::lock_guard<std::mutex> lock(engine_.spare_mu_);
   // Keep a few workspaces for reuse; more than that were only needed by a
   // burst of concurrent calls and are released.
-  if (engine_.pool_.size() < kMaxPooledWorkspaces) engine_.pool_.push_back(std::move(ws_));
+  if (engine_.spare_.size() < kMaxPooledWorkspaces) engine_.spare_.push_back(std::move(ws_));
 }
 
 void Engine::predict_tokens(const int64_t* tokens, int batch, int steps, const int32_t* lengths,
@@ -223,9 +245,9 @@ void Engine::predict_tokens(const int64_t* tokens, int batch, int steps, const i
   Workspace& ws = lease.ws();
   plan_rows(ws, batch, steps, lengths);
   const int E = desc_.input_width;
-  plan_streams(ws);
-  open_stream(ws, 0, static_cast<std::size_t>(ws.rows) * E);
+  Call call = begin_call(ws);
   float* in = ws.stream(0);
+  ws.token.resize(static_cast<size_t>(ws.rows));
   for (int t = 0; t < ws.steps; ++t) {
     for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
       const int b = ws.order[static_cast<size_t>(i)];
@@ -237,13 +259,14 @@ void Engine::predict_tokens(const int64_t* tokens, int batch, int steps, const i
       const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
       std::memcpy(in + row * E, embedding_.data() + static_cast<std::size_t>(tok) * E,
                   static_cast<std::size_t>(E) * sizeof(float));
+      ws.token[static_cast<size_t>(row)] = static_cast<int32_t>(tok);
       if (desc_.mask_zero && tok == 0) {
         ws.skip[static_cast<size_t>(row)] = 1;
         ws.any_skip = true;
       }
     }
   }
-  run(ws, out);
+  run(ws, call, out);
 }
 
 void Engine::predict_features(const float* x, int batch, int steps, const int32_t* lengths,
@@ -253,8 +276,7 @@ void Engine::predict_features(const float* x, int batch, int steps, const int32_
   Workspace& ws = lease.ws();
   plan_rows(ws, batch, steps, lengths);
   const int F = desc_.input_width;
-  plan_streams(ws);
-  open_stream(ws, 0, static_cast<std::size_t>(ws.rows) * F);
+  Call call = begin_call(ws);
   float* in = ws.stream(0);
   for (int t = 0; t < ws.steps; ++t) {
     for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
@@ -272,85 +294,166 @@ void Engine::predict_features(const float* x, int batch, int steps, const int32_
       }
     }
   }
-  run(ws, out);
+  run(ws, call, out);
 }
 
-void Engine::run(Workspace& ws, float* out) const {
+Engine::Call Engine::begin_call(Workspace& ws) const {
+  Call call;
+  int threads = 1;
+  if (pool_) {
+    call.pool_lock = pool_->try_lock();
+    if (call.pool_lock.owns_lock()) threads = pool_->size();
+  }
+  call.plan = make_plan(desc_, ws.steps, ws.lengths, threads);
+  assign_slots(ws, call.plan.threads == 1);
+
   std::size_t max_h = 1, max_p = 1, max_gh = 1;
-  bool need_merge_tmp = false;
   for (const LayerDesc& L : desc_.layers) {
     max_h = std::max<std::size_t>(max_h, static_cast<std::size_t>(L.units));
     max_p = std::max<std::size_t>(max_p, static_cast<std::size_t>(L.dir_width()));
     max_gh = std::max<std::size_t>(max_gh, static_cast<std::size_t>(L.gates()) * L.units);
-    need_merge_tmp |= L.dirs() == 2 && L.merge != Merge::kConcat;
   }
   const std::size_t B = static_cast<std::size_t>(ws.batch);
-  const int max_dirs = std::any_of(desc_.layers.begin(), desc_.layers.end(),
-                                   [](const LayerDesc& L) { return L.dirs() == 2; })
-                           ? 2
-                           : 1;
-  for (int d = 0; d < max_dirs; ++d) {
-    Workspace::DirState& st = ws.dir[d];
-    st.xproj.ensure(static_cast<std::size_t>(kTimeBlock) * B * max_gh);
-    for (int k = 0; k < 2; ++k) {
-      st.h[k].ensure(B * max_p);
-      st.c[k].ensure(B * max_h);
+  ws.state.resize(2 * desc_.layers.size());
+  for (size_t l = 0; l < desc_.layers.size(); ++l) {
+    const LayerDesc& L = desc_.layers[l];
+    for (int d = 0; d < L.dirs(); ++d) {
+      Workspace::State& st = ws.state[2 * l + static_cast<size_t>(d)];
+      for (int k = 0; k < 2; ++k) {
+        st.h[k].ensure(B * static_cast<std::size_t>(L.dir_width()));
+        st.c[k].ensure(B * static_cast<std::size_t>(L.units));
+      }
     }
-    st.m.ensure(B * max_h);
-    st.gru_scratch.ensure(2 * B * max_h);
-    st.final_state.ensure(B * max_p);
+    if (L.dirs() == 2 && L.merge != Merge::kConcat)
+      ws.merge_tmp.ensure(static_cast<std::size_t>(ws.rows) * max_p);
   }
-  if (need_merge_tmp) ws.merge_tmp.ensure(static_cast<std::size_t>(ws.rows) * max_p);
+  for (int d = 0; d < desc_.layers.back().dirs(); ++d) ws.final_state[d].ensure(B * max_p);
+  // Largest row count one unit projects at once: a block of steps of one shard.
+  int max_shard = 0;
+  for (int s = 0; s < call.plan.shards(); ++s)
+    max_shard = std::max(max_shard, call.plan.shard_begin[static_cast<size_t>(s) + 1] -
+                                        call.plan.shard_begin[static_cast<size_t>(s)]);
+  ws.scratch.resize(static_cast<size_t>(call.plan.threads));
+  for (Workspace::Scratch& sc : ws.scratch) {
+    sc.xproj.ensure(static_cast<std::size_t>(call.plan.block_steps) * max_shard * max_gh);
+    sc.m.ensure(B * max_h);
+    sc.gru.ensure(2 * B * max_h);
+  }
+  return call;
+}
 
-  run_plan(
-      desc_, ws.steps,
-      [&](const WorkUnit& u) {
-        if (u.dir == 0 && ((!u.reverse && u.t_begin == 0) || (u.reverse && u.t_end == ws.steps))) {
-          // First unit of the layer: its output stream.
-          const LayerDesc& L = desc_.layers[static_cast<size_t>(u.layer)];
-          open_stream(ws, u.layer + 1, static_cast<std::size_t>(ws.rows) * L.out_width());
+void Engine::run(Workspace& ws, Call& call, float* out) const {
+  const Plan& plan = call.plan;
+  if (plan.threads == 1) {
+    for (int i : plan.per_thread[0]) run_unit(ws, plan, plan.units[static_cast<size_t>(i)], 0);
+  } else {
+    // Units hand rows to each other through these flags; a thread waits for
+    // a unit's dependencies (spinning briefly, then yielding) before running it.
+    const size_t n = plan.units.size();
+    std::unique_ptr<std::atomic<int>[]> done(new std::atomic<int>[n]);
+    for (size_t i = 0; i < n; ++i) done[i].store(0, std::memory_order_relaxed);
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;
+    std::mutex error_mu;
+    pool_->run([&](int tid) {
+      try {
+        for (int i : plan.per_thread[static_cast<size_t>(tid)]) {
+          const Unit& u = plan.units[static_cast<size_t>(i)];
+          for (int d : u.deps) {
+            for (int spin = 0; done[static_cast<size_t>(d)].load(std::memory_order_acquire) == 0; ++spin) {
+              if (failed.load(std::memory_order_relaxed)) return;
+              if (spin < kSpinBeforeYield)
+                cpu_relax();
+              else
+                std::this_thread::yield();
+            }
+          }
+          run_unit(ws, plan, u, tid);
+          done[static_cast<size_t>(i)].store(1, std::memory_order_release);
         }
-        run_unit(ws, u);
-      },
-      [&](int l) { finish_layer(ws, l); });
+      } catch (...) {
+        // Never leave other threads waiting on a unit that will not finish.
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+        failed.store(true, std::memory_order_relaxed);
+      }
+    });
+    if (error) std::rethrow_exception(error);
+  }
+  call.pool_lock = {};  // the readout runs on this thread alone
   readout_and_head(ws, out);
 }
 
-void Engine::run_unit(Workspace& ws, const WorkUnit& u) const {
+void Engine::run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) const {
+  if (u.kind == Unit::Kind::kFinish)
+    finish_block(ws, plan, u);
+  else
+    run_direction(ws, plan, u, tid);
+}
+
+void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid) const {
   const LayerDesc& L = desc_.layers[static_cast<size_t>(u.layer)];
   const DirWeights& dw = layers_[static_cast<size_t>(u.layer)].dirs[static_cast<size_t>(u.dir)];
-  Workspace::DirState& st = ws.dir[u.dir];
+  Workspace::State& st = ws.state[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)];
+  Workspace::Scratch& sc = ws.scratch[static_cast<size_t>(tid)];
   const int H = L.units, P = L.dir_width(), GH = L.gates() * H;
   const int in_w = desc_.stream_width(u.layer - 1);
-  const std::size_t B = static_cast<std::size_t>(ws.batch);
+  const int s0 = plan.shard_begin[static_cast<size_t>(u.shard)];
+  const int s1 = plan.shard_begin[static_cast<size_t>(u.shard) + 1];
+  const int t_begin = u.block * plan.block_steps;
+  const int t_end = std::min(t_begin + plan.block_steps, ws.steps);
+  const bool top = u.layer + 1 == static_cast<int>(desc_.layers.size());
 
-  const bool first = u.reverse ? u.t_end == ws.steps : u.t_begin == 0;
-  if (first) {
+  if (u.first) {
     // Sequences start from a zero state. Rows that join later (backward
     // direction, shorter sequences) are still zero when they join, because a
     // row is only written while it is active.
     for (int k = 0; k < 2; ++k) {
-      std::memset(st.h[k].data(), 0, B * P * sizeof(float));
-      std::memset(st.c[k].data(), 0, B * H * sizeof(float));
+      std::memset(st.h[k].data() + s0 * P, 0, static_cast<std::size_t>(s1 - s0) * P * sizeof(float));
+      std::memset(st.c[k].data() + s0 * H, 0, static_cast<std::size_t>(s1 - s0) * H * sizeof(float));
     }
-    st.cur = 0;
   }
 
+  // Input projections of the block: one gemm over its rows when the shard is
+  // the whole batch (rows of consecutive steps are contiguous), else one per step.
   const float* in = ws.stream(u.layer);
-  const int64_t r0 = ws.offset[static_cast<size_t>(u.t_begin)];
-  const int64_t r1 = ws.offset[static_cast<size_t>(u.t_end)];
-  kernels_->gemm(dw.wx.view, in + r0 * in_w, static_cast<std::size_t>(in_w),
-                 static_cast<int>(r1 - r0), st.xproj.data(), static_cast<std::size_t>(GH));
+  const bool whole = s0 == 0 && s1 == ws.batch;
+  const int64_t r0 = ws.offset[static_cast<size_t>(t_begin)];
+  if (dw.token_proj.size() != 0) {
+    const std::size_t bytes = static_cast<std::size_t>(GH) * sizeof(float);
+    float* dst = sc.xproj.data();
+    for (int t = t_begin; t < t_end; ++t) {
+      const int n = std::min(s1, ws.active[static_cast<size_t>(t)]) - s0;
+      const int64_t first = ws.offset[static_cast<size_t>(t)] + s0;
+      float* step_dst = whole ? sc.xproj.data() + (ws.offset[static_cast<size_t>(t)] - r0) * GH
+                              : dst + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH;
+      for (int i = 0; i < n; ++i)
+        std::memcpy(step_dst + static_cast<std::size_t>(i) * GH,
+                    dw.token_proj.data() + static_cast<std::size_t>(ws.token[static_cast<size_t>(first + i)]) * GH,
+                    bytes);
+    }
+  } else if (whole) {
+    kernels_->gemm(dw.wx.view, in + r0 * in_w, static_cast<std::size_t>(in_w),
+                   static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0), sc.xproj.data(),
+                   static_cast<std::size_t>(GH));
+  } else {
+    for (int t = t_begin; t < t_end; ++t) {
+      const int n = std::min(s1, ws.active[static_cast<size_t>(t)]) - s0;
+      if (n > 0)
+        kernels_->gemm(dw.wx.view, in + (ws.offset[static_cast<size_t>(t)] + s0) * in_w,
+                       static_cast<std::size_t>(in_w), n,
+                       sc.xproj.data() + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH,
+                       static_cast<std::size_t>(GH));
+    }
+  }
 
   float* y_base;
   std::size_t ld_y;
-  const bool separate_half = L.dirs() == 2 && L.merge != Merge::kConcat && u.dir == 1;
-  if (separate_half) {
+  if (L.dirs() == 2 && L.merge != Merge::kConcat && u.dir == 1) {
     y_base = ws.merge_tmp.data();
-    ld_y = static_cast<std::size_t>(P);
+    ld_y = static_cast<std::size_t>(max_width_p_);
   } else {
-    y_base = ws.stream(u.layer + 1) +
-             ((L.dirs() == 2 && L.merge == Merge::kConcat && u.dir == 1) ? P : 0);
+    y_base = ws.stream(u.layer + 1) + ((L.dirs() == 2 && L.merge == Merge::kConcat && u.dir == 1) ? P : 0);
     ld_y = static_cast<std::size_t>(L.out_width());
   }
 
@@ -361,28 +464,32 @@ void Engine::run_unit(Workspace& ws, const WorkUnit& u) const {
   a.ld_xp = static_cast<std::size_t>(GH);
   a.b_hn = dw.b_hn.size() ? dw.b_hn.data() : nullptr;
   a.ld_c = static_cast<std::size_t>(H);
-  a.scratch = st.gru_scratch.data();
+  a.scratch = sc.gru.data();
   a.act = L.act;
   a.ract = L.ract;
   const bool proj = L.proj_size > 0;
 
-  const int nsteps = u.t_end - u.t_begin;
-  for (int s = 0; s < nsteps; ++s) {
-    const int t = u.reverse ? u.t_end - 1 - s : u.t_begin + s;
-    const int n = ws.active[static_cast<size_t>(t)];
-    const int64_t row0 = ws.offset[static_cast<size_t>(t)];
-    float* h_prev = st.h[st.cur].data();
-    float* h_next = st.h[1 - st.cur].data();
-    float* c_prev = st.c[st.cur].data();
-    float* c_next = st.c[1 - st.cur].data();
-    float* y = y_base + row0 * ld_y;
+  for (int s = 0; s < t_end - t_begin; ++s) {
+    const int t = u.reverse ? t_end - 1 - s : t_begin + s;
+    const int hi = std::min(s1, ws.active[static_cast<size_t>(t)]);
+    const int n = hi - s0;
+    if (n <= 0) continue;
+    const int done_before = u.reverse ? ws.steps - 1 - t : t;  // steps this direction ran before t
+    const int par = done_before & 1;
+    float* h_prev = st.h[par].data() + s0 * P;
+    float* h_next = st.h[1 - par].data() + s0 * P;
+    float* c_prev = st.c[par].data() + s0 * H;
+    float* c_next = st.c[1 - par].data() + s0 * H;
+    const int64_t row0 = ws.offset[static_cast<size_t>(t)] + s0;
+    float* y = y_base + row0 * static_cast<int64_t>(ld_y);
     a.n = n;
     a.h_prev = h_prev;
-    a.xp = st.xproj.data() + (row0 - r0) * GH;
+    a.xp = whole ? sc.xproj.data() + (ws.offset[static_cast<size_t>(t)] - r0) * GH
+                 : sc.xproj.data() + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH;
     a.c_prev = c_prev;
     a.c_next = c_next;
     if (proj) {
-      a.h_next = st.m.data();
+      a.h_next = sc.m.data();
       a.ld_hn = static_cast<std::size_t>(H);
       a.y = nullptr;
     } else {
@@ -403,7 +510,7 @@ void Engine::run_unit(Workspace& ws, const WorkUnit& u) const {
         break;
     }
     if (proj) {
-      kernels_->gemm(dw.wr.view, st.m.data(), static_cast<std::size_t>(H), n, h_next,
+      kernels_->gemm(dw.wr.view, sc.m.data(), static_cast<std::size_t>(H), n, h_next,
                      static_cast<std::size_t>(P));
       copy_rows(h_next, static_cast<std::size_t>(P), y, ld_y, n, P);
     }
@@ -413,36 +520,42 @@ void Engine::run_unit(Workspace& ws, const WorkUnit& u) const {
         if (!ws.skip[static_cast<size_t>(row0 + i)]) continue;
         std::memcpy(h_next + i * P, h_prev + i * P, static_cast<std::size_t>(P) * sizeof(float));
         std::memcpy(c_next + i * H, c_prev + i * H, static_cast<std::size_t>(H) * sizeof(float));
-        std::memset(y + i * ld_y, 0, static_cast<std::size_t>(P) * sizeof(float));
+        std::memset(y + i * static_cast<int64_t>(ld_y), 0, static_cast<std::size_t>(P) * sizeof(float));
       }
     }
-    // Sequences whose reading ends at this step keep their final state.
-    const int done_from = u.reverse ? (t == 0 ? 0 : n) : ws.active[static_cast<size_t>(t) + 1];
-    if (done_from < n)
-      copy_rows(h_next + done_from * P, static_cast<std::size_t>(P),
-                st.final_state.data() + done_from * P, static_cast<std::size_t>(P), n - done_from, P);
-    st.cur = 1 - st.cur;
+    if (top) {
+      // Sequences whose reading ends at this step keep their final state.
+      const int from = u.reverse ? (t == 0 ? s0 : hi) : std::max(s0, ws.active[static_cast<size_t>(t) + 1]);
+      if (from < hi)
+        copy_rows(h_next + (from - s0) * P, static_cast<std::size_t>(P),
+                  ws.final_state[u.dir].data() + from * P, static_cast<std::size_t>(P), hi - from, P);
+    }
   }
 }
 
-void Engine::finish_layer(Workspace& ws, int l) const {
-  const LayerDesc& L = desc_.layers[static_cast<size_t>(l)];
-  float* out = ws.stream(l + 1);
+void Engine::finish_block(Workspace& ws, const Plan& plan, const Unit& u) const {
+  const LayerDesc& L = desc_.layers[static_cast<size_t>(u.layer)];
+  float* out = ws.stream(u.layer + 1);
   const int W = L.out_width();
-  if (L.dirs() == 2 && L.merge != Merge::kConcat) {
-    const float* bwd = ws.merge_tmp.data();
-    const int64_t n = ws.rows * W;
-    for (int64_t i = 0; i < n; ++i) out[i] = merge_one(L.merge, out[i], bwd[i]);
-  }
-  if (L.residual_from != kNoResidual) {
-    const float* src = ws.stream(L.residual_from + 1);
-    for (int64_t r = 0; r < ws.rows; ++r) {
-      if (ws.skip[static_cast<size_t>(r)]) continue;
-      for (int j = 0; j < W; ++j) out[r * W + j] += src[r * W + j];
+  const bool merge = L.dirs() == 2 && L.merge != Merge::kConcat;
+  const float* bwd = merge ? ws.merge_tmp.data() : nullptr;
+  const float* src = L.residual_from != kNoResidual ? ws.stream(L.residual_from + 1) : nullptr;
+  const int s0 = plan.shard_begin[static_cast<size_t>(u.shard)];
+  const int s1 = plan.shard_begin[static_cast<size_t>(u.shard) + 1];
+  const int t_begin = u.block * plan.block_steps;
+  const int t_end = std::min(t_begin + plan.block_steps, ws.steps);
+  for (int t = t_begin; t < t_end; ++t) {
+    const int hi = std::min(s1, ws.active[static_cast<size_t>(t)]);
+    for (int64_t r = ws.offset[static_cast<size_t>(t)] + s0; r < ws.offset[static_cast<size_t>(t)] + hi; ++r) {
+      float* o = out + r * W;
+      if (merge) {
+        const float* b = bwd + r * max_width_p_;
+        for (int j = 0; j < W; ++j) o[j] = merge_one(L.merge, o[j], b[j]);
+      }
+      if (src != nullptr && !ws.skip[static_cast<size_t>(r)])
+        for (int j = 0; j < W; ++j) o[j] += src[r * W + j];
     }
   }
-  for (size_t s = 0; s < ws.last_use.size(); ++s)
-    if (ws.last_use[s] == l) close_stream(ws, static_cast<int>(s));
 }
 
 void Engine::dense_head(Workspace& ws, float* z, int rows, float* tmp) const {
@@ -502,11 +615,11 @@ void Engine::readout_and_head(Workspace& ws, float* out) const {
   ws.head_b.ensure(static_cast<std::size_t>(B) * wmax);
   float* z = ws.head_a.data();
   if (desc_.readout == Readout::kLast) {
-    const float* f0 = ws.dir[0].final_state.data();
+    const float* f0 = ws.final_state[0].data();
     if (top.dirs() == 1) {
       copy_rows(f0, static_cast<std::size_t>(P), z, static_cast<std::size_t>(W), B, P);
     } else {
-      const float* f1 = ws.dir[1].final_state.data();
+      const float* f1 = ws.final_state[1].data();
       for (int i = 0; i < B; ++i)
         for (int j = 0; j < P; ++j) {
           const float a = f0[i * P + j], b = f1[i * P + j];

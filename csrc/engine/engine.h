@@ -13,6 +13,8 @@
 
 #include "engine/model_desc.h"
 #include "engine/packing.h"
+#include "engine/scheduler.h"
+#include "engine/thread_pool.h"
 #include "engine/workspace.h"
 #include "kernels/kernels.h"
 
@@ -31,13 +33,16 @@ struct DirWeights {
   RecWeights wh_n;  // GRU reset-before: candidate gate
   AlignedBuffer b_hn;  // GRU reset-after: recurrent candidate bias
   GemmWeights wr;   // LSTM projection (P x H)
+  // First layer of a token model: the input projection of every vocabulary
+  // entry (vocab x G*H), so a step's projection is a row lookup instead of a
+  // gemm. Computed by the same gemm kernel, so the bits are the same.
+  AlignedBuffer token_proj;
 };
 
 struct LayerWeights {
   std::vector<DirWeights> dirs;
 };
 
-struct WorkUnit;
 
 class Engine {
  public:
@@ -63,7 +68,7 @@ class Engine {
  private:
   // Per-call scratch comes from a small pool so that a call allocates
   // nothing once the pool has warmed up; the pool is the engine's only
-  // mutable state and is guarded by pool_mu_.
+  // mutable state besides the thread pool and is guarded by spare_mu_.
   static constexpr size_t kMaxPooledWorkspaces = 8;
   class Lease {
    public:
@@ -78,13 +83,25 @@ class Engine {
     std::unique_ptr<Workspace> ws_;
   };
 
+  // One call's plan, holding the thread pool if this call got it.
+  struct Call {
+    Plan plan;
+    std::unique_lock<std::mutex> pool_lock;
+  };
+  // Spins on a dependency before yielding the core: a block hand-off is
+  // normally a few microseconds away.
+  static constexpr int kSpinBeforeYield = 2000;
+  // Budget for the first layer's per-token projection table; larger
+  // vocabularies keep the gemm (the table would not stay in cache anyway).
+  static constexpr std::size_t kMaxTokenProjectionBytes = std::size_t{256} << 20;
+
   void check_call(int batch, int steps, const int32_t* lengths) const;
-  void plan_streams(Workspace& ws) const;
-  void open_stream(Workspace& ws, int s, std::size_t floats) const;
-  void close_stream(Workspace& ws, int s) const;
-  void run(Workspace& ws, float* out) const;
-  void run_unit(Workspace& ws, const WorkUnit& u) const;
-  void finish_layer(Workspace& ws, int layer) const;
+  void assign_slots(Workspace& ws, bool reuse) const;
+  Call begin_call(Workspace& ws) const;
+  void run(Workspace& ws, Call& call, float* out) const;
+  void run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
+  void run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
+  void finish_block(Workspace& ws, const Plan& plan, const Unit& u) const;
   void readout_and_head(Workspace& ws, float* out) const;
   void dense_head(Workspace& ws, float* z, int rows, float* tmp) const;
 
@@ -95,8 +112,10 @@ class Engine {
   std::vector<LayerWeights> layers_;
   std::vector<GemmWeights> head_;
   int max_head_width_ = 0;
-  mutable std::mutex pool_mu_;
-  mutable std::vector<std::unique_ptr<Workspace>> pool_;
+  int max_width_p_ = 0;
+  std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers; nullptr for one thread
+  mutable std::mutex spare_mu_;
+  mutable std::vector<std::unique_ptr<Workspace>> spare_;  // workspaces kept for reuse
 };
 
 }  // namespace rnninfer

@@ -1,28 +1,167 @@
 #include "engine/scheduler.h"
 
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <queue>
+#include <tuple>
+
 namespace rnninfer {
 
-std::vector<WorkUnit> plan_layer(const LayerDesc& layer, int layer_index, int steps) {
-  std::vector<WorkUnit> units;
-  for (int d = 0; d < layer.dirs(); ++d) {
-    const bool reverse = (d == 1) || layer.direction == Direction::kBackward;
-    if (!reverse) {
-      for (int t = 0; t < steps; t += kTimeBlock)
-        units.push_back({layer_index, d, false, t, t + kTimeBlock < steps ? t + kTimeBlock : steps});
-    } else {
-      for (int t = steps; t > 0; t -= kTimeBlock)
-        units.push_back({layer_index, d, true, t - kTimeBlock > 0 ? t - kTimeBlock : 0, t});
-    }
-  }
-  return units;
+bool needs_finish(const LayerDesc& layer) {
+  return (layer.dirs() == 2 && layer.merge != Merge::kConcat) || layer.residual_from != kNoResidual;
 }
 
-void run_plan(const ModelDesc& desc, int steps, const std::function<void(const WorkUnit&)>& unit,
-              const std::function<void(int)>& finish) {
-  for (int l = 0; l < static_cast<int>(desc.layers.size()); ++l) {
-    for (const WorkUnit& u : plan_layer(desc.layers[static_cast<size_t>(l)], l, steps)) unit(u);
-    finish(l);
+namespace {
+
+// Batch shards with balanced work (sum of lengths), contiguous in sorted order.
+std::vector<int> split_batch(const std::vector<int>& lengths, int shards) {
+  const int B = static_cast<int>(lengths.size());
+  std::vector<int> begin{0};
+  const long total = std::accumulate(lengths.begin(), lengths.end(), 0L);
+  long acc = 0;
+  for (int i = 0; i < B && static_cast<int>(begin.size()) < shards; ++i) {
+    acc += lengths[static_cast<size_t>(i)];
+    if (acc * shards >= total * static_cast<long>(begin.size()) && i + 1 < B) begin.push_back(i + 1);
   }
+  begin.push_back(B);
+  return begin;
+}
+
+}  // namespace
+
+Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads) {
+  Plan plan;
+  const int B = static_cast<int>(lengths.size());
+  const int L = static_cast<int>(desc.layers.size());
+  plan.threads = std::max(1, threads);
+  // Enough sequences: every thread takes a shard of the batch through the
+  // whole stack (no cross-thread hand-offs at all). Few sequences: threads
+  // split the stack instead (layers as a wavefront, directions in parallel).
+  const bool shard_mode = plan.threads > 1 && B >= 2 * plan.threads;
+  const int shards = shard_mode ? plan.threads : 1;
+  plan.shard_begin = split_batch(lengths, shards);
+  plan.wavefront = plan.threads > 1 && !shard_mode;
+  // A wavefront fills and drains one block per layer boundary: smaller blocks
+  // there, while each block still amortises its gemm over several steps.
+  plan.block_steps = plan.wavefront ? std::max(4, std::min(kTimeBlock, steps / 12)) : kTimeBlock;
+  plan.blocks = (steps + plan.block_steps - 1) / plan.block_steps;
+  const int NB = plan.blocks;
+
+  // Unit ids by key, to wire dependencies.
+  std::map<std::tuple<int, int, int, int, int>, int> id;  // (kind, layer, dir, block, shard)
+  std::vector<Unit> units;
+  auto add = [&](Unit u) {
+    id[{static_cast<int>(u.kind), u.layer, u.dir, u.block, u.shard}] = static_cast<int>(units.size());
+    units.push_back(std::move(u));
+  };
+  for (int l = 0; l < L; ++l) {
+    const LayerDesc& layer = desc.layers[static_cast<size_t>(l)];
+    for (int s = 0; s < shards; ++s) {
+      for (int d = 0; d < layer.dirs(); ++d) {
+        const bool rev = d == 1 || layer.direction == Direction::kBackward;
+        for (int k = 0; k < NB; ++k) {
+          Unit u;
+          u.kind = Unit::Kind::kDirection;
+          u.layer = l;
+          u.dir = d;
+          u.reverse = rev;
+          u.block = rev ? NB - 1 - k : k;
+          u.first = k == 0;
+          u.shard = s;
+          u.thread = shard_mode ? s : (l + d) % plan.threads;
+          add(std::move(u));
+        }
+      }
+      if (needs_finish(layer))
+        for (int k = 0; k < NB; ++k) {
+          Unit u;
+          u.kind = Unit::Kind::kFinish;
+          u.layer = l;
+          u.block = k;
+          u.shard = s;
+          u.thread = shard_mode ? s : (l + layer.dirs() - 1) % plan.threads;
+          add(std::move(u));
+        }
+    }
+  }
+  auto dir_id = [&](int l, int d, int b, int s) {
+    return id.at({static_cast<int>(Unit::Kind::kDirection), l, d, b, s});
+  };
+  // The units that complete rows of block b of layer l's output.
+  auto producers = [&](int l, int b, int s, std::vector<int>* out) {
+    const LayerDesc& layer = desc.layers[static_cast<size_t>(l)];
+    if (needs_finish(layer)) {
+      out->push_back(id.at({static_cast<int>(Unit::Kind::kFinish), l, 0, b, s}));
+    } else {
+      for (int d = 0; d < layer.dirs(); ++d) out->push_back(dir_id(l, d, b, s));
+    }
+  };
+  for (Unit& u : units) {
+    const LayerDesc& layer = desc.layers[static_cast<size_t>(u.layer)];
+    if (u.kind == Unit::Kind::kDirection) {
+      if (!u.first) u.deps.push_back(dir_id(u.layer, u.dir, u.reverse ? u.block + 1 : u.block - 1, u.shard));
+      if (u.layer > 0) {
+        const LayerDesc& below = desc.layers[static_cast<size_t>(u.layer) - 1];
+        const bool streamable = below.dirs() == 1 && below.direction == Direction::kForward;
+        if (streamable && !u.reverse) {
+          producers(u.layer - 1, u.block, u.shard, &u.deps);
+        } else {
+          for (int b = 0; b < NB; ++b) producers(u.layer - 1, b, u.shard, &u.deps);
+        }
+      }
+    } else {
+      for (int d = 0; d < layer.dirs(); ++d) u.deps.push_back(dir_id(u.layer, d, u.block, u.shard));
+      // The residual source's rows of this block are complete once the layer
+      // below's are (sources are earlier layers); the input stream always is.
+    }
+  }
+
+  // Global topological order (Kahn), earliest wave first: the position of a
+  // block in its direction's reading order plus the layer depth, so that a
+  // thread holding several layers interleaves them as a wavefront.
+  const int n = static_cast<int>(units.size());
+  std::vector<std::vector<int>> users(static_cast<size_t>(n));
+  std::vector<int> missing(static_cast<size_t>(n), 0);
+  for (int i = 0; i < n; ++i)
+    for (int d : units[static_cast<size_t>(i)].deps) {
+      users[static_cast<size_t>(d)].push_back(i);
+      ++missing[static_cast<size_t>(i)];
+    }
+  // Without a wavefront the order is layer by layer (a layer's weights stay
+  // in cache, and a single thread can reuse a stream's memory once done).
+  const bool wave = plan.wavefront;
+  auto rank = [&](int i) {
+    const Unit& u = units[static_cast<size_t>(i)];
+    const int pos = u.reverse ? NB - 1 - u.block : u.block;
+    return std::make_tuple(wave ? pos + u.layer : u.layer, wave ? u.layer : pos,
+                           u.kind == Unit::Kind::kFinish ? 1 : 0, u.dir, u.shard, i);
+  };
+  using Key = decltype(rank(0));
+  std::priority_queue<Key, std::vector<Key>, std::greater<Key>> ready;
+  for (int i = 0; i < n; ++i)
+    if (missing[static_cast<size_t>(i)] == 0) ready.push(rank(i));
+  std::vector<int> order;
+  order.reserve(static_cast<size_t>(n));
+  while (!ready.empty()) {
+    const int i = std::get<5>(ready.top());
+    ready.pop();
+    order.push_back(i);
+    for (int v : users[static_cast<size_t>(i)])
+      if (--missing[static_cast<size_t>(v)] == 0) ready.push(rank(v));
+  }
+  std::vector<int> new_id(static_cast<size_t>(n));
+  for (int pos = 0; pos < n; ++pos) new_id[static_cast<size_t>(order[static_cast<size_t>(pos)])] = pos;
+  plan.units.resize(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    Unit u = units[static_cast<size_t>(i)];
+    for (int& d : u.deps) d = new_id[static_cast<size_t>(d)];
+    plan.units[static_cast<size_t>(new_id[static_cast<size_t>(i)])] = std::move(u);
+  }
+  plan.per_thread.assign(static_cast<size_t>(plan.threads), {});
+  for (int i = 0; i < n; ++i)
+    plan.per_thread[static_cast<size_t>(plan.units[static_cast<size_t>(i)].thread)].push_back(i);
+  return plan;
 }
 
 }  // namespace rnninfer

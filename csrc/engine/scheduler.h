@@ -1,31 +1,63 @@
-// The scheduler: turns a call into WorkUnits and runs them.
+// The scheduler: a call's work as a graph of units, statically assigned to
+// threads, each thread running its units in one global topological order.
 //
-// Units of one (layer, direction) must run in reading order because each
-// block continues the state of the previous one. A layer's block k needs
-// block k of the layer below (forward-only stacks) or the whole layer below
-// (after a bidirectional layer, whose backward half finishes at step 0).
-// This version runs everything on the calling thread, layer by layer; the
-// wavefront over (layer, block) and parallel directions and shards plug in
-// here without touching the kernels or the engine's per-unit code.
+// Units:
+//   kDirection (layer, dir, block, shard): input projection of a block of
+//     steps (one gemm) then the steps of that block, for the sequences of one
+//     batch shard, in the direction's reading order;
+//   kFinish (layer, block, shard): what needs both directions of a block or
+//     an earlier layer's rows: the merge of a bidirectional layer (sum, mul,
+//     ave) and the residual add.
+// Dependencies: a direction's previous block (the recurrence); the rows the
+// unit reads from the layer below (the same block of a forward-only layer,
+// which gives the layer-major wavefront: layer l works on block k while
+// layer l+1 works on block k-1; every block of a layer read backwards).
+// Deadlock freedom: every thread runs its units in the same global
+// topological order, so the earliest unfinished unit can always run.
+// Determinism: units only decide *when* rows are computed, never how; a
+// row's arithmetic is the same under every plan and thread count.
 #pragma once
 
-#include <functional>
 #include <vector>
 
 #include "engine/model_desc.h"
-#include "engine/workspace.h"
 
 namespace rnninfer {
 
-// Steps per block: enough rows for the gemm's register tile to be busy at
-// batch 1, few enough that one block's projections stay in L2.
+struct Unit {
+  enum class Kind { kDirection, kFinish };
+  Kind kind = Kind::kDirection;
+  int layer = 0;
+  int dir = 0;       // kDirection: 0 forward half (or the only one), 1 backward half
+  bool reverse = false;
+  int block = 0;     // time block index: steps [block * block_steps, ...)
+  int first = 0;     // kDirection: true on the direction's first block (state starts at 0)
+  int shard = 0;
+  int thread = 0;
+  std::vector<int> deps;  // indices of units that must be done first
+};
+
+struct Plan {
+  int threads = 1;
+  int block_steps = 16;
+  int blocks = 0;
+  std::vector<int> shard_begin;  // sorted-batch row ranges [shard_begin[s], shard_begin[s + 1])
+  std::vector<Unit> units;       // in global topological order
+  std::vector<std::vector<int>> per_thread;  // unit indices, each in global order
+  bool wavefront = false;
+
+  int shards() const { return static_cast<int>(shard_begin.size()) - 1; }
+};
+
+// Steps per block for one thread: enough rows for the gemm's register tile to
+// be busy at batch 1, few enough that a block's projections stay in L2.
 constexpr int kTimeBlock = 16;
 
-// All units of one layer, in an order valid for sequential execution.
-std::vector<WorkUnit> plan_layer(const LayerDesc& layer, int layer_index, int steps);
+// Plans a call. `lengths` are the sequence lengths sorted longest first;
+// `threads` the threads available for this call.
+Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads);
 
-// Runs the plan: for each layer, its units, then `finish(layer)`.
-void run_plan(const ModelDesc& desc, int steps, const std::function<void(const WorkUnit&)>& unit,
-              const std::function<void(int)>& finish);
+// Whether layer l needs kFinish units (merge of two directions, or residual).
+bool needs_finish(const LayerDesc& layer);
 
 }  // namespace rnninfer

@@ -1,9 +1,11 @@
 // Per-call scratch, sized once before any layer runs; nothing in the step
-// loops allocates. Rows are kept in PyTorch's packed-sequence order: the
-// batch is sorted by length (longest first, stable), and the rows of step t
-// are the n_t sequences still running at t, stored contiguously after those
-// of step t-1. A block of steps is then one contiguous row range (one gemm),
-// and the sequences active at a step are always a prefix of the state rows.
+// loops allocates, and a warmed-up engine allocates nothing per call (the
+// Engine keeps a small pool of these). Rows are kept in PyTorch's
+// packed-sequence order: the batch is sorted by length (longest first,
+// stable), and the rows of step t are the n_t sequences still running at t,
+// stored contiguously after those of step t-1. A block of steps is then one
+// contiguous row range (one gemm), and the sequences active at a step are
+// always a prefix of the state rows.
 #pragma once
 
 #include <cstdint>
@@ -20,45 +22,41 @@ struct Workspace {
   int64_t rows = 0;                // sum of lengths
   std::vector<int> order;          // sorted position -> original batch index
   std::vector<int> lengths;        // by sorted position
-  std::vector<int> active;         // n_t, t in [0, steps)
+  std::vector<int> active;         // n_t, t in [0, steps], n_steps = 0
   std::vector<int64_t> offset;     // first packed row of step t, t in [0, steps]
   std::vector<uint8_t> skip;       // per packed row: masked step (state carried)
+  std::vector<int32_t> token;      // per packed row: token id (token models)
   bool any_skip = false;
 
-  // Layer outputs live in a few reusable slots: stream s ([0] model input,
-  // [i + 1] output of layer i) uses slots[stream_slot[s]] from the layer that
-  // writes it to the last layer that reads it (its successor, or a later
-  // residual link), so a plain stack needs two slots whatever its depth.
+  // Layer outputs: stream s ([0] model input, [i + 1] output of layer i) lives
+  // in slots[stream_slot[s]]. A single-threaded call reuses a slot once the
+  // last layer reading its stream is done (a plain stack needs two slots at
+  // any depth); a multi-threaded call gives every stream its own slot,
+  // since layers then run concurrently.
   std::vector<AlignedBuffer> slots;
   std::vector<int> stream_slot;
-  std::vector<int> last_use;
+  std::vector<int> last_use;       // last layer reading each stream
   float* stream(int s) { return slots[static_cast<size_t>(stream_slot[static_cast<size_t>(s)])].data(); }
-  AlignedBuffer merge_tmp;             // backward half for sum/mul/ave merges
 
-  // State of one direction while it runs; [0] forward (or only), [1] backward,
-  // so the two directions of a layer never share memory.
-  struct DirState {
+  // Recurrent state of each (layer, direction): double-buffered h and c for
+  // every sequence. Step t of a direction reads buffer (steps done before t) % 2
+  // and writes the other, so no shared "current" flag is needed.
+  struct State {
+    AlignedBuffer h[2], c[2];
+  };
+  std::vector<State> state;         // [layer * 2 + dir]
+  AlignedBuffer merge_tmp;          // backward halves for sum/mul/ave merges, row stride max_p
+  AlignedBuffer final_state[2];     // top layer: h after each sequence's last step, per direction
+
+  // Scratch owned by one thread while it runs a unit.
+  struct Scratch {
     AlignedBuffer xproj;        // input projections of one block of steps
-    AlignedBuffer h[2], c[2];   // double-buffered state (batch rows)
     AlignedBuffer m;            // LSTM projection input o*act(c)
-    AlignedBuffer gru_scratch;  // GRU reset-before: z and r*h
-    AlignedBuffer final_state;  // h after each sequence's last step, for readout "last"
-    int cur = 0;                // which of h/c holds the current state
-  } dir[2];
-  AlignedBuffer pooled, head_a, head_b;  // readout and head activations
-};
+    AlignedBuffer gru;          // GRU reset-before: z and r*h
+  };
+  std::vector<Scratch> scratch;     // [thread]
 
-// A unit of work: one direction of one layer over a block of steps, for all
-// sequences of the call (a batch shard is the whole batch for now). The
-// scheduler runs units in an order that respects the recurrence: blocks of
-// a direction in reading order, and a layer's blocks after the rows they
-// read are written.
-struct WorkUnit {
-  int layer = 0;
-  int dir = 0;        // 0 = forward half (or the only one), 1 = backward half
-  bool reverse = false;
-  int t_begin = 0;    // block [t_begin, t_end)
-  int t_end = 0;
+  AlignedBuffer head_a, head_b;     // readout and head activations
 };
 
 }  // namespace rnninfer

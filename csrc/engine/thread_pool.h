@@ -1,0 +1,62 @@
+// A small pool of std::threads owned by one Engine (no OpenMP runtime to
+// clash with PyTorch's or NumPy's). One job runs at a time: a caller first
+// takes the pool with try_lock(), then run(fn) calls fn(0) on the calling
+// thread and fn(1..n-1) on the workers and returns when all have returned.
+// A caller that finds the pool taken (another thread's predict() is using
+// it) runs its call alone on its own thread, so concurrent calls never
+// oversubscribe the pool's cores and never wait on each other.
+//
+// Workers spin briefly after a job (back-to-back calls then start without a
+// futex wake-up), then sleep on a condition variable: no core stays busy
+// once calls stop.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace rnninfer {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // The pool for one job, or an unowned lock if another caller has it.
+  std::unique_lock<std::mutex> try_lock() { return std::unique_lock<std::mutex>(busy_, std::try_to_lock); }
+
+  // Runs fn(i) for i in [0, size()) concurrently. The caller holds try_lock().
+  void run(const std::function<void(int)>& fn);
+
+ private:
+  void worker_main(int index);
+
+  std::mutex busy_;  // held by the caller for the whole job
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  const std::function<void(int)>* job_ = nullptr;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
+// Spin-then-yield wait helper for short waits between cooperating threads.
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+}  // namespace rnninfer

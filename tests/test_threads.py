@@ -1,0 +1,126 @@
+"""The multi-threaded scheduler: same bits for every thread count and plan, and
+safe under concurrent calls, errors in other threads, tiny and very long inputs."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from helpers import random_inputs
+
+import rnninfer
+from rnninfer.layers import GRU, LSTM, RNN, Dense, Embedding, Features, GlobalAveragePooling
+
+ARCHS = {
+    # forward stacks: a wavefront over layers at small batch
+    "stack4": [Embedding(50, 8), LSTM(16, return_sequences=True), GRU(12, return_sequences=True),
+               LSTM(10, return_sequences=True), RNN(9), Dense(2)],
+    # bidirectional layers: directions in parallel, layer barriers
+    "bidir": [Embedding(50, 8), LSTM(12, bidirectional=True, return_sequences=True),
+              GRU(7, bidirectional=True, merge="sum", return_sequences=True), Dense(3)],
+    # merges, residuals and masks through finish units
+    "residual_masked": [Embedding(50, 6, mask_zero=True), GRU(6, return_sequences=True),
+                        GRU(6, residual=True, return_sequences=True),
+                        LSTM(3, bidirectional=True, merge="ave", return_sequences=True),
+                        GlobalAveragePooling(), Dense(1, "sigmoid")],
+    "backward_proj": [Features(5), LSTM(9, proj_size=4, go_backwards=True, return_sequences=True),
+                      LSTM(8, proj_size=3)],
+}
+
+
+def _model(layers, threads, seed=1):
+    return rnninfer.build(layers, seed=seed, threads=threads)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 17])
+def test_thread_counts_agree_bitwise(arch, batch, rng):
+    layers = ARCHS[arch]
+    base = _model(layers, 1)
+    xs = random_inputs(base, rng, batch, max_len=70, zero_frac=0.1)
+    want = base.predict(list(xs))
+    for threads in (2, 3, 4):
+        got = _model(layers, threads).predict(list(xs))
+        assert np.array_equal(got, want), (arch, batch, threads)
+
+
+def test_single_sequence_lengths_around_block_edges(rng):
+    """Steps just below, at and above block sizes, for wavefront plans."""
+    layers = ARCHS["stack4"]
+    one, two = _model(layers, 1), _model(layers, 2)
+    for T in (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 47, 48, 49, 63, 64, 65, 191, 192, 193):
+        x = rng.integers(0, 50, size=T)
+        assert np.array_equal(two.predict(x), one.predict(x)), T
+
+
+def test_very_long_sequence(rng):
+    layers = [Features(3), GRU(8, return_sequences=True), LSTM(8), Dense(1)]
+    x = rng.standard_normal((5000, 3)).astype(np.float32)
+    assert np.array_equal(_model(layers, 2).predict(x), _model(layers, 1).predict(x))
+
+
+def test_many_concurrent_callers_share_one_model(rng):
+    model = _model(ARCHS["bidir"], 2)
+    xs = [random_inputs(model, rng, int(rng.integers(1, 6)), max_len=40) for _ in range(16)]
+    want = [model.predict(list(x)) for x in xs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda x: model.predict(list(x)), xs * 4))
+    for i, out in enumerate(got):
+        assert np.array_equal(out, want[i % len(xs)])
+
+
+def test_errors_in_other_threads_do_not_disturb_calls(rng):
+    model = _model(ARCHS["stack4"], 2)
+    good = rng.integers(0, 50, size=60)
+    want = model.predict(good)
+    bad_inputs = [[1, 50], [], [[1], []], "x", [1.5], np.array([[1, -2]])]
+    errors: list[BaseException] = []
+
+    def bad(i: int) -> None:
+        try:
+            model.predict(bad_inputs[i % len(bad_inputs)])
+        except (TypeError, ValueError) as e:
+            errors.append(e)
+
+    def ok(_: int) -> np.ndarray:
+        return model.predict(good)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futs = [pool.submit(bad if i % 2 else ok, i) for i in range(60)]
+        outs = [f.result() for f in futs]
+    assert len(errors) == 30
+    for i, out in enumerate(outs):
+        if i % 2 == 0:
+            assert np.array_equal(out, want)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+def test_pool_threads_sleep_after_calls():
+    """Workers do not keep spinning once calls stop (no busy cores between calls)."""
+    import os
+    import time
+
+    model = _model(ARCHS["stack4"], 2)
+    model.predict(list(range(1, 40)))
+    time.sleep(0.2)
+    pid = os.getpid()
+    def cpu_ticks() -> int:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total
+    before = cpu_ticks()
+    time.sleep(0.5)
+    after = cpu_ticks()
+    # 0.5 s of one spinning core would be ~50 ticks; allow a little noise.
+    assert after - before < 10
+
+
+def test_threads_option_validated():
+    with pytest.raises(ValueError, match="threads"):
+        _model(ARCHS["stack4"], 0)
+    assert threading.active_count() >= 1
