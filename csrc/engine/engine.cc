@@ -305,6 +305,7 @@ Engine::Call Engine::begin_call(Workspace& ws) const {
     if (call.pool_lock.owns_lock()) threads = pool_->size();
   }
   call.plan = make_plan(desc_, ws.steps, ws.lengths, threads);
+  if (call.plan.threads == 1 && call.pool_lock.owns_lock()) call.pool_lock.unlock();
   assign_slots(ws, call.plan.threads == 1);
 
   std::size_t max_h = 1, max_p = 1, max_gh = 1;
@@ -356,6 +357,7 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
     std::exception_ptr error;
     std::mutex error_mu;
     pool_->run([&](int tid) {
+      if (tid >= plan.threads) return;  // the plan needs fewer threads than the pool has
       try {
         for (int i : plan.per_thread[static_cast<size_t>(tid)]) {
           const Unit& u = plan.units[static_cast<size_t>(i)];

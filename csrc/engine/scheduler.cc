@@ -39,6 +39,13 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
   // whole stack (no cross-thread hand-offs at all). Few sequences: threads
   // split the stack instead (layers as a wavefront, directions in parallel).
   const bool shard_mode = plan.threads > 1 && B >= 2 * plan.threads;
+  if (!shard_mode) {
+    // Threads split the stack: (layer + direction) % threads; a thread with
+    // nothing to do is not woken at all (one forward layer runs alone).
+    int needed = 1;
+    for (int l = 0; l < L; ++l) needed = std::max(needed, l + desc.layers[static_cast<size_t>(l)].dirs());
+    plan.threads = std::min(plan.threads, needed);
+  }
   const int shards = shard_mode ? plan.threads : 1;
   plan.shard_begin = split_batch(lengths, shards);
   plan.wavefront = plan.threads > 1 && !shard_mode;

@@ -1,10 +1,31 @@
 #include "engine/thread_pool.h"
 
+#include <chrono>
+
 namespace rnninfer {
 namespace {
-// About 20-50 microseconds of pause instructions: long enough to catch the
-// next call of a busy service, short enough not to matter when idle.
-constexpr int kSpinBeforeSleep = 4000;
+using Clock = std::chrono::steady_clock;
+// Spins are timed, not counted: PAUSE costs from a few to ~140 cycles
+// depending on the core. A worker spins this long after a job, to catch the
+// next call of a busy service without a futex wake-up (which costs 50-250 us
+// in a VM), then sleeps.
+constexpr auto kWorkerSpin = std::chrono::microseconds(200);
+// The caller waits for the rest of its own call: the workers are running the
+// same call, so spinning is the cheap way to wait; the bound only matters if
+// the OS has descheduled a worker.
+constexpr auto kCallerSpin = std::chrono::milliseconds(20);
+
+template <typename Pred>
+bool spin_until(Pred done, Clock::duration limit) {
+  const Clock::time_point end = Clock::now() + limit;
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (Clock::now() >= end) return done();
+  }
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
@@ -33,9 +54,7 @@ void ThreadPool::run(const std::function<void(int)>& fn) {
   }
   wake_.notify_all();
   fn(0);
-  for (int i = 0; i < kSpinBeforeSleep && pending_.load(std::memory_order_acquire) != 0; ++i)
-    cpu_relax();
-  if (pending_.load(std::memory_order_acquire) != 0) {
+  if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; }, kCallerSpin)) {
     std::unique_lock<std::mutex> lock(mu_);
     done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
   }
@@ -46,8 +65,7 @@ void ThreadPool::run(const std::function<void(int)>& fn) {
 void ThreadPool::worker_main(int index) {
   uint64_t seen = 0;
   for (;;) {
-    for (int i = 0; i < kSpinBeforeSleep && generation_.load(std::memory_order_acquire) == seen; ++i)
-      cpu_relax();
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }, kWorkerSpin);
     const std::function<void(int)>* job;
     {
       std::unique_lock<std::mutex> lock(mu_);

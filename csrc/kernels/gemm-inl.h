@@ -5,7 +5,7 @@
 // K x NR contiguous (see kernels.h). A row-major (M x K, stride lda), C
 // row-major (M x N, stride ldc). No alignment needed for A and C.
 // Tiling: MR rows x NV vectors of accumulators in registers; the K loop
-// streams one panel row per step. Row tails run the same body with MR = 1;
+// streams one panel row per step. Row tails run the same body with fewer rows;
 // column tails use masked loads/stores of the same vectors, so every element
 // goes through exactly the same operations: acc = 0; acc = fma(a, w, acc) for
 // k = 0..K-1; c = acc + bias. That is what makes a sequence's bits
@@ -53,6 +53,19 @@ inline void tile(const float* panel, int K, const float* a, std::size_t lda, con
   }
 }
 
+// Rows left after the full MR tiles run as one tile of exactly that many rows
+// (not one row at a time), so each panel is streamed once per call of up to
+// MR rows: at batch 1 a block of a few steps is a few rows, and the gemm is
+// bound by streaming W.
+template <Isa I, int NV, int R>
+inline void tail(int rows, const float* panel, int K, const float* a, std::size_t lda,
+                 const float* bias, int ncols, float* c, std::size_t ldc) {
+  if constexpr (R > 0) {
+    if (rows == R) return tile<I, NV, R>(panel, K, a, lda, bias, ncols, c, ldc);
+    tail<I, NV, R - 1>(rows, panel, K, a, lda, bias, ncols, c, ldc);
+  }
+}
+
 template <Isa I, int NV, int MR>
 void gemm(const PackedGemm& w, const float* a, std::size_t lda, int m, float* c,
           std::size_t ldc) {
@@ -66,7 +79,7 @@ void gemm(const PackedGemm& w, const float* a, std::size_t lda, int m, float* c,
     int r = 0;
     for (; r + MR <= m; r += MR)
       tile<I, NV, MR>(panel, w.k, a + r * lda, lda, bias, ncols, cp + r * ldc, ldc);
-    for (; r < m; ++r) tile<I, NV, 1>(panel, w.k, a + r * lda, lda, bias, ncols, cp + r * ldc, ldc);
+    if (r < m) tail<I, NV, MR - 1>(m - r, panel, w.k, a + r * lda, lda, bias, ncols, cp + r * ldc, ldc);
   }
 }
 
