@@ -164,6 +164,44 @@ class PyEngine {
     return out;
   }
 
+  // Runs a token batch and returns (output, units, records) describing what
+  // each unit did and when: for scheduler tests and the scaling benchmark.
+  py::tuple trace_tokens(const TokenArray& tokens, const IntArray& lengths) const {
+    if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be a 2-D (batch, steps) array");
+    const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
+    check_lengths(lengths, B);
+    py::array_t<float> out = alloc_out(B, T);
+    CallTrace trace;
+    const int64_t* tp = tokens.data();
+    const int32_t* lp = lengths.data();
+    float* op = out.mutable_data();
+    {
+      // Pure C++ from here: no Python object is touched until the guard ends.
+      py::gil_scoped_release nogil;
+      engine_->predict_tokens(tp, B, T, lp, op, &trace);
+    }
+    py::list units, records;
+    for (const Unit& u : trace.plan.units) {
+      py::dict d;
+      d["kind"] = u.kind == Unit::Kind::kFinish ? "finish" : "direction";
+      d["layer"] = u.layer;
+      d["dir"] = u.dir;
+      d["block"] = u.block;
+      d["shard"] = u.shard;
+      d["thread"] = u.thread;
+      d["deps"] = u.deps;
+      units.append(d);
+    }
+    for (const auto& r : trace.records) records.append(py::make_tuple(r.unit, r.thread, r.start_ns, r.end_ns));
+    py::dict plan;
+    plan["threads"] = trace.plan.threads;
+    plan["block_steps"] = trace.plan.block_steps;
+    plan["blocks"] = trace.plan.blocks;
+    plan["shards"] = trace.plan.shards();
+    plan["wavefront"] = trace.plan.wavefront;
+    return py::make_tuple(out, plan, units, records);
+  }
+
   std::string isa() const { return engine_->kernels().name; }
   int threads() const { return engine_->threads(); }
 
@@ -191,6 +229,7 @@ void register_engine(py::module_& m) {
       .def("predict_tokens", &PyEngine::predict_tokens, py::arg("tokens"), py::arg("lengths"))
       .def("predict_token_list", &PyEngine::predict_token_list, py::arg("tokens"))
       .def("predict_token_seq", &PyEngine::predict_token_seq, py::arg("tokens"))
+      .def("trace_tokens", &PyEngine::trace_tokens, py::arg("tokens"), py::arg("lengths"))
       .def("predict_features", &PyEngine::predict_features, py::arg("x"), py::arg("lengths"))
       .def_property_readonly("isa", &PyEngine::isa)
       .def_property_readonly("threads", &PyEngine::threads);

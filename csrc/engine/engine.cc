@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <exception>
 #include <thread>
@@ -239,13 +240,13 @@ Engine::Lease::~Lease() {
 }
 
 void Engine::predict_tokens(const int64_t* tokens, int batch, int steps, const int32_t* lengths,
-                            float* out) const {
+                            float* out, CallTrace* trace) const {
   check_call(batch, steps, lengths);
   Lease lease(*this);
   Workspace& ws = lease.ws();
   plan_rows(ws, batch, steps, lengths);
   const int E = desc_.input_width;
-  Call call = begin_call(ws);
+  Call call = begin_call(ws, trace);
   float* in = ws.stream(0);
   ws.token.resize(static_cast<size_t>(ws.rows));
   for (int t = 0; t < ws.steps; ++t) {
@@ -270,13 +271,13 @@ void Engine::predict_tokens(const int64_t* tokens, int batch, int steps, const i
 }
 
 void Engine::predict_features(const float* x, int batch, int steps, const int32_t* lengths,
-                              float* out) const {
+                              float* out, CallTrace* trace) const {
   check_call(batch, steps, lengths);
   Lease lease(*this);
   Workspace& ws = lease.ws();
   plan_rows(ws, batch, steps, lengths);
   const int F = desc_.input_width;
-  Call call = begin_call(ws);
+  Call call = begin_call(ws, trace);
   float* in = ws.stream(0);
   for (int t = 0; t < ws.steps; ++t) {
     for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
@@ -297,8 +298,9 @@ void Engine::predict_features(const float* x, int batch, int steps, const int32_
   run(ws, call, out);
 }
 
-Engine::Call Engine::begin_call(Workspace& ws) const {
+Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace) const {
   Call call;
+  ws.trace = trace != nullptr ? &trace->records : nullptr;
   int threads = 1;
   if (pool_) {
     call.pool_lock = pool_->try_lock();
@@ -307,6 +309,7 @@ Engine::Call Engine::begin_call(Workspace& ws) const {
   call.plan = make_plan(desc_, ws.steps, ws.lengths, threads);
   if (call.plan.threads == 1 && call.pool_lock.owns_lock()) call.pool_lock.unlock();
   assign_slots(ws, call.plan.threads == 1);
+  if (trace != nullptr) trace->plan = call.plan;
 
   std::size_t max_h = 1, max_p = 1, max_gh = 1;
   for (const LayerDesc& L : desc_.layers) {
@@ -346,7 +349,7 @@ Engine::Call Engine::begin_call(Workspace& ws) const {
 void Engine::run(Workspace& ws, Call& call, float* out) const {
   const Plan& plan = call.plan;
   if (plan.threads == 1) {
-    for (int i : plan.per_thread[0]) run_unit(ws, plan, plan.units[static_cast<size_t>(i)], 0);
+    for (int i : plan.per_thread[0]) timed_unit(ws, plan, i, 0);
   } else {
     // Units hand rows to each other through these flags; a thread waits for
     // a unit's dependencies (spinning briefly, then yielding) before running it.
@@ -370,7 +373,7 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
                 std::this_thread::yield();
             }
           }
-          run_unit(ws, plan, u, tid);
+          timed_unit(ws, plan, i, tid);
           done[static_cast<size_t>(i)].store(1, std::memory_order_release);
         }
       } catch (...) {
@@ -384,6 +387,17 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
   }
   call.pool_lock = {};  // the readout runs on this thread alone
   readout_and_head(ws, out);
+}
+
+void Engine::timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const {
+  const Unit& u = plan.units[static_cast<size_t>(index)];
+  if (ws.trace == nullptr) return run_unit(ws, plan, u, tid);
+  using Clock = std::chrono::steady_clock;
+  const int64_t start = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  run_unit(ws, plan, u, tid);
+  const int64_t end = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  std::lock_guard<std::mutex> lock(trace_mu_);
+  ws.trace->push_back({index, tid, start, end});
 }
 
 void Engine::run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) const {

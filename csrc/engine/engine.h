@@ -44,6 +44,12 @@ struct LayerWeights {
 };
 
 
+// What a traced call did: the plan and each unit's timing (benchmarks only).
+struct CallTrace {
+  Plan plan;
+  std::vector<Workspace::TraceRecord> records;
+};
+
 class Engine {
  public:
   // Validates desc and every tensor's presence and shape (std::invalid_argument),
@@ -54,10 +60,10 @@ class Engine {
   // naming the sequence and step otherwise); lengths: B values in [1, T].
   // out: B * T * out_width (readout "sequence") or B * out_width floats.
   void predict_tokens(const int64_t* tokens, int batch, int steps, const int32_t* lengths,
-                      float* out) const;
+                      float* out, CallTrace* trace = nullptr) const;
   // x: B x T x F row-major float32.
   void predict_features(const float* x, int batch, int steps, const int32_t* lengths,
-                        float* out) const;
+                        float* out, CallTrace* trace = nullptr) const;
 
   const ModelDesc& desc() const { return desc_; }
   const KernelTable& kernels() const { return *kernels_; }
@@ -97,9 +103,10 @@ class Engine {
 
   void check_call(int batch, int steps, const int32_t* lengths) const;
   void assign_slots(Workspace& ws, bool reuse) const;
-  Call begin_call(Workspace& ws) const;
+  Call begin_call(Workspace& ws, CallTrace* trace) const;
   void run(Workspace& ws, Call& call, float* out) const;
   void run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
+  void timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const;
   void run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
   void finish_block(Workspace& ws, const Plan& plan, const Unit& u) const;
   void readout_and_head(Workspace& ws, float* out) const;
@@ -115,6 +122,7 @@ class Engine {
   int max_width_p_ = 0;
   std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers; nullptr for one thread
   mutable std::mutex spare_mu_;
+  mutable std::mutex trace_mu_;  // only taken when a call is traced
   mutable std::vector<std::unique_ptr<Workspace>> spare_;  // workspaces kept for reuse
 };
 

@@ -57,6 +57,14 @@ struct Workspace {
   std::vector<Scratch> scratch;     // [thread]
 
   AlignedBuffer head_a, head_b;     // readout and head activations
+
+  // Optional per-unit timing (benchmarks and scheduler tests only): when
+  // non-null, each unit appends {unit index, thread, start ns, end ns}.
+  struct TraceRecord {
+    int unit, thread;
+    int64_t start_ns, end_ns;
+  };
+  std::vector<TraceRecord>* trace = nullptr;
 };
 
 }  // namespace rnninfer
