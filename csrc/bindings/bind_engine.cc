@@ -183,7 +183,9 @@ class PyEngine {
     py::list units, records;
     for (const Unit& u : trace.plan.units) {
       py::dict d;
-      d["kind"] = u.kind == Unit::Kind::kFinish ? "finish" : "direction";
+      d["kind"] = u.kind == Unit::Kind::kFinish ? "finish"
+                  : u.kind == Unit::Kind::kProject ? "project"
+                                                   : "direction";
       d["layer"] = u.layer;
       d["dir"] = u.dir;
       d["block"] = u.block;

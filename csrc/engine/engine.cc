@@ -306,7 +306,8 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace) const {
     call.pool_lock = pool_->try_lock();
     if (call.pool_lock.owns_lock()) threads = pool_->size();
   }
-  call.plan = make_plan(desc_, ws.steps, ws.lengths, threads);
+  call.plan = make_plan(desc_, ws.steps, ws.lengths, threads,
+                        !layers_.empty() && layers_[0].dirs[0].token_proj.size() != 0);
   if (call.plan.threads == 1 && call.pool_lock.owns_lock()) call.pool_lock.unlock();
   assign_slots(ws, call.plan.threads == 1);
   if (trace != nullptr) trace->plan = call.plan;
@@ -330,6 +331,11 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace) const {
     }
     if (L.dirs() == 2 && L.merge != Merge::kConcat)
       ws.merge_tmp.ensure(static_cast<std::size_t>(ws.rows) * max_p);
+    if (call.plan.projected[l]) {
+      ws.proj.resize(2 * desc_.layers.size());
+      for (int d = 0; d < L.dirs(); ++d)
+        ws.proj[2 * l + static_cast<size_t>(d)].ensure(static_cast<std::size_t>(ws.rows) * L.gates() * L.units);
+    }
   }
   for (int d = 0; d < desc_.layers.back().dirs(); ++d) ws.final_state[d].ensure(B * max_p);
   // Largest row count one unit projects at once: a block of steps of one shard.
@@ -401,10 +407,29 @@ void Engine::timed_unit(Workspace& ws, const Plan& plan, int index, int tid) con
 }
 
 void Engine::run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) const {
-  if (u.kind == Unit::Kind::kFinish)
-    finish_block(ws, plan, u);
-  else
-    run_direction(ws, plan, u, tid);
+  switch (u.kind) {
+    case Unit::Kind::kFinish:
+      return finish_block(ws, plan, u);
+    case Unit::Kind::kProject:
+      return project_block(ws, plan, u);
+    case Unit::Kind::kDirection:
+      return run_direction(ws, plan, u, tid);
+  }
+}
+
+void Engine::project_block(Workspace& ws, const Plan& plan, const Unit& u) const {
+  // kProject plans have one shard (the whole batch): a block is one row range.
+  const LayerDesc& L = desc_.layers[static_cast<size_t>(u.layer)];
+  const DirWeights& dw = layers_[static_cast<size_t>(u.layer)].dirs[static_cast<size_t>(u.dir)];
+  const int GH = L.gates() * L.units;
+  const int in_w = desc_.stream_width(u.layer - 1);
+  const int t_begin = u.block * plan.block_steps;
+  const int t_end = std::min(t_begin + plan.block_steps, ws.steps);
+  const int64_t r0 = ws.offset[static_cast<size_t>(t_begin)];
+  kernels_->gemm(dw.wx.view, ws.stream(u.layer) + r0 * in_w, static_cast<std::size_t>(in_w),
+                 static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0),
+                 ws.proj[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)].data() + r0 * GH,
+                 static_cast<std::size_t>(GH));
 }
 
 void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid) const {
@@ -435,7 +460,10 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
   const float* in = ws.stream(u.layer);
   const bool whole = s0 == 0 && s1 == ws.batch;
   const int64_t r0 = ws.offset[static_cast<size_t>(t_begin)];
-  if (dw.token_proj.size() != 0) {
+  const bool projected = plan.projected[static_cast<size_t>(u.layer)];
+  if (projected) {
+    // Done by kProject units into ws.proj (read below).
+  } else if (dw.token_proj.size() != 0) {
     const std::size_t bytes = static_cast<std::size_t>(GH) * sizeof(float);
     float* dst = sc.xproj.data();
     for (int t = t_begin; t < t_end; ++t) {
@@ -500,8 +528,11 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
     float* y = y_base + row0 * static_cast<int64_t>(ld_y);
     a.n = n;
     a.h_prev = h_prev;
-    a.xp = whole ? sc.xproj.data() + (ws.offset[static_cast<size_t>(t)] - r0) * GH
-                 : sc.xproj.data() + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH;
+    if (projected)
+      a.xp = ws.proj[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)].data() + row0 * GH;
+    else
+      a.xp = whole ? sc.xproj.data() + (ws.offset[static_cast<size_t>(t)] - r0) * GH
+                   : sc.xproj.data() + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH;
     a.c_prev = c_prev;
     a.c_next = c_next;
     if (proj) {

@@ -109,6 +109,7 @@ class Engine {
   void timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const;
   void run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
   void finish_block(Workspace& ws, const Plan& plan, const Unit& u) const;
+  void project_block(Workspace& ws, const Plan& plan, const Unit& u) const;
   void readout_and_head(Workspace& ws, float* out) const;
   void dense_head(Workspace& ws, float* z, int rows, float* tmp) const;
 

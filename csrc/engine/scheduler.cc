@@ -30,7 +30,8 @@ std::vector<int> split_batch(const std::vector<int>& lengths, int shards) {
 
 }  // namespace
 
-Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads) {
+Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads,
+               bool gather_first) {
   Plan plan;
   const int B = static_cast<int>(lengths.size());
   const int L = static_cast<int>(desc.layers.size());
@@ -54,6 +55,10 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
   plan.block_steps = plan.wavefront ? std::max(4, std::min(kTimeBlock, steps / 12)) : kTimeBlock;
   plan.blocks = (steps + plan.block_steps - 1) / plan.block_steps;
   const int NB = plan.blocks;
+  plan.projected.assign(static_cast<size_t>(L), false);
+  if (plan.wavefront)
+    for (int l = 1; l < L; ++l) plan.projected[static_cast<size_t>(l)] = true;
+  (void)gather_first;  // layer 0 keeps its projection in its own unit (no producer thread)
 
   // Unit ids by key, to wire dependencies.
   std::map<std::tuple<int, int, int, int, int>, int> id;  // (kind, layer, dir, block, shard)
@@ -79,6 +84,20 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
           u.thread = shard_mode ? s : (l + d) % plan.threads;
           add(std::move(u));
         }
+      }
+      if (plan.projected[static_cast<size_t>(l)]) {
+        const LayerDesc& below = desc.layers[static_cast<size_t>(l) - 1];
+        for (int d = 0; d < layer.dirs(); ++d)
+          for (int k = 0; k < NB; ++k) {
+            Unit u;
+            u.kind = Unit::Kind::kProject;
+            u.layer = l;
+            u.dir = d;
+            u.block = k;
+            u.shard = s;
+            u.thread = (l - 1 + below.dirs() - 1) % plan.threads;
+            add(std::move(u));
+          }
       }
       if (needs_finish(layer))
         for (int k = 0; k < NB; ++k) {
@@ -108,7 +127,10 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
     const LayerDesc& layer = desc.layers[static_cast<size_t>(u.layer)];
     if (u.kind == Unit::Kind::kDirection) {
       if (!u.first) u.deps.push_back(dir_id(u.layer, u.dir, u.reverse ? u.block + 1 : u.block - 1, u.shard));
-      if (u.layer > 0) {
+      if (plan.projected[static_cast<size_t>(u.layer)]) {
+        // Its rows arrive through the projection of each block it reads.
+        u.deps.push_back(id.at({static_cast<int>(Unit::Kind::kProject), u.layer, u.dir, u.block, u.shard}));
+      } else if (u.layer > 0) {
         const LayerDesc& below = desc.layers[static_cast<size_t>(u.layer) - 1];
         const bool streamable = below.dirs() == 1 && below.direction == Direction::kForward;
         if (streamable && !u.reverse) {
@@ -117,6 +139,8 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
           for (int b = 0; b < NB; ++b) producers(u.layer - 1, b, u.shard, &u.deps);
         }
       }
+    } else if (u.kind == Unit::Kind::kProject) {
+      producers(u.layer - 1, u.block, u.shard, &u.deps);
     } else {
       for (int d = 0; d < layer.dirs(); ++d) u.deps.push_back(dir_id(u.layer, d, u.block, u.shard));
       // The residual source's rows of this block are complete once the layer
@@ -141,8 +165,8 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
   auto rank = [&](int i) {
     const Unit& u = units[static_cast<size_t>(i)];
     const int pos = u.reverse ? NB - 1 - u.block : u.block;
-    return std::make_tuple(wave ? pos + u.layer : u.layer, wave ? u.layer : pos,
-                           u.kind == Unit::Kind::kFinish ? 1 : 0, u.dir, u.shard, i);
+    const int kind = u.kind == Unit::Kind::kProject ? -1 : (u.kind == Unit::Kind::kFinish ? 1 : 0);
+    return std::make_tuple(wave ? pos + u.layer : u.layer, wave ? u.layer : pos, kind, u.dir, u.shard, i);
   };
   using Key = decltype(rank(0));
   std::priority_queue<Key, std::vector<Key>, std::greater<Key>> ready;

@@ -7,7 +7,11 @@
 //     batch shard, in the direction's reading order;
 //   kFinish (layer, block, shard): what needs both directions of a block or
 //     an earlier layer's rows: the merge of a bidirectional layer (sum, mul,
-//     ave) and the residual add.
+//     ave) and the residual add;
+//   kProject (layer, dir, block, shard), wavefront plans only: the input
+//     projection of a block, done by the thread that produced its rows (the
+//     layer below), so the thread running the recurrence only streams its
+//     recurrent weights and the two sides of a hand-off carry similar work.
 // Dependencies: a direction's previous block (the recurrence); the rows the
 // unit reads from the layer below (the same block of a forward-only layer,
 // which gives the layer-major wavefront: layer l works on block k while
@@ -25,7 +29,7 @@
 namespace rnninfer {
 
 struct Unit {
-  enum class Kind { kDirection, kFinish };
+  enum class Kind { kDirection, kFinish, kProject };
   Kind kind = Kind::kDirection;
   int layer = 0;
   int dir = 0;       // kDirection: 0 forward half (or the only one), 1 backward half
@@ -45,6 +49,7 @@ struct Plan {
   std::vector<Unit> units;       // in global topological order
   std::vector<std::vector<int>> per_thread;  // unit indices, each in global order
   bool wavefront = false;
+  std::vector<bool> projected;  // per layer: its input projections are kProject units
 
   int shards() const { return static_cast<int>(shard_begin.size()) - 1; }
 };
@@ -55,7 +60,9 @@ constexpr int kTimeBlock = 16;
 
 // Plans a call. `lengths` are the sequence lengths sorted longest first;
 // `threads` the threads available for this call.
-Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads);
+// `gather_first`: the first layer's projections are table lookups, not a gemm.
+Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads,
+               bool gather_first);
 
 // Whether layer l needs kFinish units (merge of two directions, or residual).
 bool needs_finish(const LayerDesc& layer);

@@ -45,6 +45,7 @@ struct Workspace {
     AlignedBuffer h[2], c[2];
   };
   std::vector<State> state;         // [layer * 2 + dir]
+  std::vector<AlignedBuffer> proj;  // [layer * 2 + dir]: all rows' projections (kProject plans)
   AlignedBuffer merge_tmp;          // backward halves for sum/mul/ave merges, row stride max_p
   AlignedBuffer final_state[2];     // top layer: h after each sequence's last step, per direction
 
