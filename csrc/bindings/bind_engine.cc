@@ -66,16 +66,28 @@ class PyEngine {
  public:
   PyEngine(const py::dict& desc, const py::dict& tensors, int threads, const std::string& isa) {
     ModelDesc d = parse_desc(desc);
-    // Keep the converted arrays alive until packing is done.
-    std::vector<FloatArray> keep;
+    // Keep the converted arrays alive until packing is done. uint16 arrays
+    // are bf16 bit patterns and int8 arrays quantised weights (the Python
+    // side, rnninfer.format.precision, made them); anything else is float32.
+    std::vector<py::array> keep;
     TensorMap map;
     for (const auto& kv : tensors) {
-      FloatArray a = FloatArray::ensure(kv.second);
-      if (!a) throw std::invalid_argument("tensor '" + kv.first.cast<std::string>() + "' is not a float array");
+      const std::string name = kv.first.cast<std::string>();
+      py::array a;
       TensorView v;
+      if (py::isinstance<py::array_t<uint16_t>>(kv.second)) {
+        a = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>::ensure(kv.second);
+        v.dtype = WType::kBf16;
+      } else if (py::isinstance<py::array_t<int8_t>>(kv.second)) {
+        a = py::array_t<int8_t, py::array::c_style | py::array::forcecast>::ensure(kv.second);
+        v.dtype = WType::kI8;
+      } else {
+        a = FloatArray::ensure(kv.second);
+      }
+      if (!a) throw std::invalid_argument("tensor '" + name + "' is not a float, bf16 or int8 array");
       v.data = a.data();
       for (py::ssize_t i = 0; i < a.ndim(); ++i) v.shape.push_back(a.shape(i));
-      map.emplace(kv.first.cast<std::string>(), std::move(v));
+      map.emplace(name, std::move(v));
       keep.push_back(std::move(a));
     }
     const KernelTable* table = isa.empty() ? nullptr : &kernels_for(isa);

@@ -69,13 +69,26 @@ Engine::Engine(ModelDesc desc, const TensorMap& tensors, int threads, const Kern
       threads_(threads) {
   check_arg(threads >= 1, "threads must be >= 1, got ", threads);
   validate_desc(desc_);
-  auto get = [&](const std::string& name, std::vector<int64_t> shape) -> const float* {
+  auto find = [&](const std::string& name, const std::vector<int64_t>& shape) -> const TensorView& {
     auto it = tensors.find(name);
     check_arg(it != tensors.end(), "missing tensor '", name, "'");
     check_arg(it->second.shape == shape, "tensor '", name, "' has shape ",
               shape_str(it->second.shape), ", expected ", shape_str(shape));
     check_arg(it->second.data != nullptr, "tensor '", name, "' has no data");
-    return it->second.data;
+    return it->second;
+  };
+  auto get = [&](const std::string& name, std::vector<int64_t> shape) -> const float* {
+    const TensorView& v = find(name, shape);
+    check_arg(v.dtype == WType::kF32, "tensor '", name, "' must be float32");
+    return static_cast<const float*>(v.data);
+  };
+  // w_ih / w_hh: fp32, bf16 or int8 (+ "<name>_scale", one per row). The
+  // packed operand keeps the element type; the kernels follow it.
+  auto get_w = [&](const std::string& name, std::vector<int64_t> shape) -> WeightSrc {
+    const TensorView& v = find(name, shape);
+    WeightSrc w{v.dtype, v.data, nullptr};
+    if (v.dtype == WType::kI8) w.scale = get(name + "_scale", {shape[0]});
+    return w;
   };
   const int nr = kernels_->gemm_nr;
   const int tile = kernels_->rec_tile;
@@ -93,8 +106,8 @@ Engine::Engine(ModelDesc desc, const TensorMap& tensors, int threads, const Kern
     for (int d = 0; d < L.dirs(); ++d) {
       const std::string pre = "layers." + std::to_string(i) + (d == 0 ? ".fwd." : ".bwd.");
       DirWeights& dw = lw.dirs[static_cast<size_t>(d)];
-      const float* w_ih = get(pre + "w_ih", {GH, in});
-      const float* w_hh = get(pre + "w_hh", {GH, P});
+      const WeightSrc w_ih = get_w(pre + "w_ih", {GH, in});
+      const WeightSrc w_hh = get_w(pre + "w_hh", {GH, P});
       std::vector<float> folded;
       if (L.bias) {
         const float* b_ih = get(pre + "b_ih", {GH});

@@ -20,9 +20,13 @@
 
 namespace rnninfer {
 
+// One named tensor. Only w_ih and w_hh may be reduced (bf16 bit patterns as
+// uint16, or int8 with a float32 "<name>_scale" tensor of one scale per row);
+// everything else is float32.
 struct TensorView {
-  const float* data = nullptr;
+  const void* data = nullptr;
   std::vector<int64_t> shape;
+  WType dtype = WType::kF32;
 };
 using TensorMap = std::map<std::string, TensorView>;
 

@@ -1,46 +1,124 @@
 #include "engine/packing.h"
 
 #include <cstddef>
+#include <cstdint>
 
 namespace rnninfer {
+namespace {
 
-void pack_gemm(const float* w, int n, int k, const float* bias, int nr, GemmWeights* out) {
-  const int panels = (n + nr - 1) / nr;
-  out->data = AlignedBuffer(static_cast<std::size_t>(panels) * nr * (k > 0 ? k : 1));
-  float* dst = out->data.data();
+// An AlignedBuffer (float-granular) large enough for `n` elements of E.
+template <typename E>
+AlignedBuffer alloc_elems(std::size_t n) {
+  return AlignedBuffer((n * sizeof(E) + sizeof(float) - 1) / sizeof(float));
+}
+
+template <typename E>
+E* elems(AlignedBuffer& b) {
+  return reinterpret_cast<E*>(b.data());
+}
+
+template <typename E>
+void pack_gemm_t(const E* w, int n, int k, int nr, int panels, E* dst) {
   for (int p = 0; p < panels; ++p)
     for (int kk = 0; kk < k; ++kk)
       for (int j = 0; j < nr; ++j) {
         const int row = p * nr + j;
-        *dst++ = row < n ? w[static_cast<std::size_t>(row) * k + kk] : 0.0f;
+        *dst++ = row < n ? w[static_cast<std::size_t>(row) * k + kk] : E(0);
       }
+}
+
+template <typename E>
+void pack_rec_t(const E* w, int h, int k, const std::vector<int>& gates, int tile, E* dst) {
+  const int g = static_cast<int>(gates.size());
+  const int tiles = (h + tile - 1) / tile;
+  for (int t = 0; t < tiles; ++t)
+    for (int kk = 0; kk < k; ++kk)
+      for (int gi = 0; gi < g; ++gi)
+        for (int u = 0; u < tile; ++u) {
+          const int unit = t * tile + u;
+          const std::size_t row =
+              static_cast<std::size_t>(gates[static_cast<std::size_t>(gi)]) * h + unit;
+          *dst++ = unit < h ? w[row * k + kk] : E(0);
+        }
+}
+
+}  // namespace
+
+void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, GemmWeights* out) {
+  const int panels = (n + nr - 1) / nr;
+  const std::size_t count = static_cast<std::size_t>(panels) * nr * (k > 0 ? k : 1);
+  out->view = PackedGemm();
+  out->view.type = w.type;
+  switch (w.type) {
+    case WType::kF32:
+      out->data = alloc_elems<float>(count);
+      pack_gemm_t(static_cast<const float*>(w.data), n, k, nr, panels, elems<float>(out->data));
+      out->view.data = out->data.data();
+      break;
+    case WType::kBf16:
+      out->data = alloc_elems<uint16_t>(count);
+      pack_gemm_t(static_cast<const uint16_t*>(w.data), n, k, nr, panels,
+                  elems<uint16_t>(out->data));
+      out->view.bf16 = elems<uint16_t>(out->data);
+      break;
+    case WType::kI8:
+      out->data = alloc_elems<int8_t>(count);
+      pack_gemm_t(static_cast<const int8_t*>(w.data), n, k, nr, panels, elems<int8_t>(out->data));
+      out->view.i8 = elems<int8_t>(out->data);
+      // Padded to whole panels so the kernel loads full vectors of scales.
+      out->scale = AlignedBuffer(static_cast<std::size_t>(panels) * nr);
+      for (int j = 0; j < n; ++j) out->scale.data()[j] = w.scale[j];
+      out->view.scale = out->scale.data();
+      break;
+  }
   if (bias != nullptr) {
     // Padded to whole panels so the kernel's masked bias loads stay in bounds.
     out->bias = AlignedBuffer(static_cast<std::size_t>(panels) * nr);
     for (int j = 0; j < n; ++j) out->bias.data()[j] = bias[j];
   }
-  out->view.data = out->data.data();
   out->view.bias = bias != nullptr ? out->bias.data() : nullptr;
   out->view.n = n;
   out->view.k = k;
   out->view.nr = nr;
 }
 
-void pack_rec(const float* w, int h, int k, const std::vector<int>& gates, int tile,
+void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, int tile,
               RecWeights* out) {
   const int g = static_cast<int>(gates.size());
   const int tiles = (h + tile - 1) / tile;
-  out->data = AlignedBuffer(static_cast<std::size_t>(tiles) * k * g * tile);
-  float* dst = out->data.data();
-  for (int t = 0; t < tiles; ++t)
-    for (int kk = 0; kk < k; ++kk)
-      for (int gi = 0; gi < g; ++gi)
-        for (int u = 0; u < tile; ++u) {
-          const int unit = t * tile + u;
-          const std::size_t row = static_cast<std::size_t>(gates[static_cast<std::size_t>(gi)]) * h + unit;
-          *dst++ = unit < h ? w[row * k + kk] : 0.0f;
-        }
-  out->view.data = out->data.data();
+  const std::size_t count = static_cast<std::size_t>(tiles) * k * g * tile;
+  out->view = PackedRec();
+  out->view.type = w.type;
+  switch (w.type) {
+    case WType::kF32:
+      out->data = alloc_elems<float>(count);
+      pack_rec_t(static_cast<const float*>(w.data), h, k, gates, tile, elems<float>(out->data));
+      out->view.data = out->data.data();
+      break;
+    case WType::kBf16:
+      out->data = alloc_elems<uint16_t>(count);
+      pack_rec_t(static_cast<const uint16_t*>(w.data), h, k, gates, tile,
+                 elems<uint16_t>(out->data));
+      out->view.bf16 = elems<uint16_t>(out->data);
+      break;
+    case WType::kI8: {
+      out->data = alloc_elems<int8_t>(count);
+      pack_rec_t(static_cast<const int8_t*>(w.data), h, k, gates, tile, elems<int8_t>(out->data));
+      out->view.i8 = elems<int8_t>(out->data);
+      // Same order as one k-row of the tile (kernels.h), zero past H.
+      out->scale = AlignedBuffer(static_cast<std::size_t>(tiles) * g * tile);
+      float* s = out->scale.data();
+      for (int t = 0; t < tiles; ++t)
+        for (int gi = 0; gi < g; ++gi)
+          for (int u = 0; u < tile; ++u) {
+            const int unit = t * tile + u;
+            *s++ = unit < h ? w.scale[static_cast<std::size_t>(gates[static_cast<std::size_t>(gi)]) * h + unit]
+                            : 0.0f;
+          }
+      out->view.scale = out->scale.data();
+      break;
+    }
+  }
   out->view.gates = g;
   out->view.h = h;
   out->view.k = k;

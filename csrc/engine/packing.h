@@ -1,5 +1,7 @@
 // Canonical weights (docs/format.md, PyTorch layout) -> the packed layouts
 // of kernels.h. Done once at load; the packed buffers are then read-only.
+// The packed element type (fp32, bf16, int8) is a property of the packed
+// operand: the kernels read PackedGemm/PackedRec::type (docs/precision.md).
 #pragma once
 
 #include <vector>
@@ -9,24 +11,41 @@
 
 namespace rnninfer {
 
+// A canonical (row-major, rows x K) weight matrix in one of the element types.
+// bf16: uint16 bit patterns; int8: values with one float scale per row
+// (w[row][k] = data[row][k] * scale[row]). The values are used as given:
+// rounding/quantisation happened before (rnninfer.format.precision).
+struct WeightSrc {
+  WType type = WType::kF32;
+  const void* data = nullptr;
+  const float* scale = nullptr;  // int8: one per row
+};
+
 // A packed gemm operand that owns its memory.
 struct GemmWeights {
-  AlignedBuffer data, bias;
+  AlignedBuffer data, bias, scale;
   PackedGemm view;
 };
 
 // A packed recurrent operand that owns its memory.
 struct RecWeights {
-  AlignedBuffer data;
+  AlignedBuffer data, scale;
   PackedRec view;
 };
 
 // w: N x K row-major; bias: N values or nullptr. Panel width from the table.
-void pack_gemm(const float* w, int n, int k, const float* bias, int nr, GemmWeights* out);
+void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, GemmWeights* out);
+inline void pack_gemm(const float* w, int n, int k, const float* bias, int nr, GemmWeights* out) {
+  pack_gemm(WeightSrc{WType::kF32, w, nullptr}, n, k, bias, nr, out);
+}
 
 // w: rows [g * H + u] for the gates listed in `gates` (indices into the
 // canonical gate blocks), each K wide. Unit tile width from the table.
-void pack_rec(const float* w, int h, int k, const std::vector<int>& gates, int tile,
+void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, int tile,
               RecWeights* out);
+inline void pack_rec(const float* w, int h, int k, const std::vector<int>& gates, int tile,
+                     RecWeights* out) {
+  pack_rec(WeightSrc{WType::kF32, w, nullptr}, h, k, gates, tile, out);
+}
 
 }  // namespace rnninfer

@@ -36,6 +36,13 @@ enum class Act : int {
   kLogSoftmax,  // over a whole row (head layers only)
 };
 
+// Element type of packed weights (docs/precision.md). Reduced types are
+// widened to fp32 in registers right after the load (bf16: a 16-bit shift,
+// exact; int8: convert, then one multiply by the output row's scale after
+// the K loop), so activations, state and accumulation stay fp32 and only the
+// bytes streamed per step shrink.
+enum class WType : int { kF32 = 0, kBf16 = 1, kI8 = 2 };
+
 // A weight matrix W (N x K, row-major in the file) packed for gemm():
 // column panels of `nr` outputs; panel p holds, for k = 0..K-1, the nr values
 // W[p*nr + j][k] (zero past N). 64-byte aligned.
@@ -45,11 +52,18 @@ struct PackedGemm {
   int n = 0;                    // outputs
   int k = 0;                    // reduction length
   int nr = 0;                   // panel width (KernelTable::gemm_nr)
+  // Reduced precision: same panel order, elements in `bf16` or `i8` instead
+  // of `data`; int8 has one scale per output (padded to whole panels).
+  WType type = WType::kF32;
+  const uint16_t* bf16 = nullptr;
+  const int8_t* i8 = nullptr;
+  const float* scale = nullptr;
 };
 
 // gemm: C[m][n] = (sum_k A[m][k] * W[n][k]) + bias[n] for m < M, n < N.
 // A is M x K with row stride lda; C has row stride ldc. Per element the sum
-// starts at 0, runs k = 0..K-1 with Ops::fma, then adds the bias.
+// starts at 0, runs k = 0..K-1 with Ops::fma, then (int8 only) is multiplied
+// by scale[n], then adds the bias.
 using GemmFn = void (*)(const PackedGemm& w, const float* a, std::size_t lda, int m, float* c,
                         std::size_t ldc);
 
@@ -64,6 +78,13 @@ struct PackedRec {
   int h = 0;     // units
   int k = 0;     // recurrent input width (H, or P for a projected LSTM)
   int tile = 0;  // KernelTable::rec_tile
+  // Reduced precision: same order, elements in `bf16` or `i8`; int8 scales
+  // are laid out like one k-row of the tile: tile t, gate g, unit u at
+  // scale[(t * gates + g) * tile + u] (zero past H).
+  WType type = WType::kF32;
+  const uint16_t* bf16 = nullptr;
+  const int8_t* i8 = nullptr;
+  const float* scale = nullptr;
 };
 
 // Arguments of one recurrent step over `n` rows (the sequences active at this

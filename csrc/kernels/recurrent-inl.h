@@ -11,36 +11,53 @@
 // RB at a time to reuse each loaded weight vector RB times.
 // Tails: the last tile uses masked loads/stores; weights past H are zero.
 // Determinism: per element acc = 0, acc = fma(w, h_k, acc) for k = 0..K-1,
-// then the same pointwise code for every row group size and tile position.
+// (int8 weights: acc = acc * scale of the unit's gate row), then the same
+// pointwise code for every row group size and tile position.
+// Precision: w is fp32, bf16 or int8 (PackedRec::type); reduced weights are
+// widened to fp32 as they are loaded (weights-inl.h), everything else is fp32.
+// Each step entry switches on the type once and runs a body instantiated for it.
 // Preconditions (checked by the engine, asserted in debug builds): h_prev,
 // h_next, c_prev, c_next do not alias; y may be nullptr.
 #pragma once
 
 #include <cassert>
 #include <cstddef>
+#include <type_traits>
 
 #include "kernels/activations-inl.h"
 #include "kernels/kernels.h"
+#include "kernels/weights-inl.h"
 #include "simd/vec.h"
 
 namespace rnninfer {
 namespace rec_impl {
 
-template <Isa I, int G, int RB>
-inline void product(const float* wt, int K, const float* h, std::size_t ld_h,
+// acc[r][g] = W_g(tile) h_r for the G gates of one unit tile.
+template <Isa I, int G, int RB, WType T>
+inline void product(const PackedRec& pw, int tile, const float* h, std::size_t ld_h,
                     typename Ops<I>::V (&acc)[RB][G]) {
   using O = Ops<I>;
   using V = typename O::V;
+  using W = wload::WeightOps<I, T>;
   constexpr int L = O::kLanes;
+  const int K = pw.k;
   for (int r = 0; r < RB; ++r)
     for (int g = 0; g < G; ++g) acc[r][g] = O::zero();
-  const float* w = wt;
+  const typename W::E* w = W::base(pw) + static_cast<std::size_t>(tile) * K * G * L;
   for (int k = 0; k < K; ++k, w += G * L) {
     V wv[G];
-    for (int g = 0; g < G; ++g) wv[g] = O::load(w + g * L);
+    for (int g = 0; g < G; ++g) wv[g] = W::load(w + g * L);
     for (int r = 0; r < RB; ++r) {
       const V hv = O::set1(h[r * ld_h + k]);
       for (int g = 0; g < G; ++g) acc[r][g] = O::fma(wv[g], hv, acc[r][g]);
+    }
+  }
+  if (T == WType::kI8) {
+    // Integer weights summed exactly in fp32 products; one scale per gate row.
+    const float* sc = pw.scale + static_cast<std::size_t>(tile) * G * L;
+    for (int g = 0; g < G; ++g) {
+      const V s = O::load(sc + g * L);
+      for (int r = 0; r < RB; ++r) acc[r][g] = O::mul(acc[r][g], s);
     }
   }
 }
@@ -71,7 +88,7 @@ struct Acts {
   }
 };
 
-template <Isa I, int RB, bool kDefault>
+template <Isa I, int RB, bool kDefault, WType T>
 inline void lstm_rows(const StepArgs& a, int r0, int tile) {
   using O = Ops<I>;
   using V = typename O::V;
@@ -81,8 +98,7 @@ inline void lstm_rows(const StepArgs& a, int r0, int tile) {
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
   V acc[RB][4];
-  product<I, 4, RB>(w.data + static_cast<std::size_t>(tile) * w.k * 4 * L, w.k,
-                    a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  product<I, 4, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc);
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
@@ -98,7 +114,7 @@ inline void lstm_rows(const StepArgs& a, int r0, int tile) {
   }
 }
 
-template <Isa I, int RB, bool kDefault>
+template <Isa I, int RB, bool kDefault, WType T>
 inline void gru_rows(const StepArgs& a, int r0, int tile) {
   using O = Ops<I>;
   using V = typename O::V;
@@ -108,8 +124,7 @@ inline void gru_rows(const StepArgs& a, int r0, int tile) {
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
   V acc[RB][3];
-  product<I, 3, RB>(w.data + static_cast<std::size_t>(tile) * w.k * 3 * L, w.k,
-                    a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  product<I, 3, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc);
   const Acts<I, kDefault> f{a.act, a.ract};
   const V bhn = a.b_hn ? ld<I>(a.b_hn + u0, nu) : O::zero();
   for (int r = 0; r < RB; ++r) {
@@ -126,7 +141,7 @@ inline void gru_rows(const StepArgs& a, int r0, int tile) {
 
 // GRU with the reset gate before the product, pass 1: r and z, then r*h and
 // z are parked in scratch (n x H each) for pass 2, which needs r*h of all units.
-template <Isa I, int RB, bool kDefault>
+template <Isa I, int RB, bool kDefault, WType T>
 inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
   using O = Ops<I>;
   using V = typename O::V;
@@ -136,8 +151,7 @@ inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
   V acc[RB][2];
-  product<I, 2, RB>(w.data + static_cast<std::size_t>(tile) * w.k * 2 * L, w.k,
-                    a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  product<I, 2, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc);
   const Acts<I, kDefault> f{a.act, a.ract};
   float* zs = a.scratch;
   float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
@@ -151,7 +165,7 @@ inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
   }
 }
 
-template <Isa I, int RB, bool kDefault>
+template <Isa I, int RB, bool kDefault, WType T>
 inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
   using O = Ops<I>;
   using V = typename O::V;
@@ -163,8 +177,7 @@ inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
   const float* zs = a.scratch;
   const float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
   V acc[RB][1];
-  product<I, 1, RB>(w.data + static_cast<std::size_t>(tile) * w.k * L, w.k, rh + r0 * H,
-                    static_cast<std::size_t>(H), acc);
+  product<I, 1, RB, T>(w, tile, rh + r0 * H, static_cast<std::size_t>(H), acc);
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
@@ -177,7 +190,7 @@ inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
   }
 }
 
-template <Isa I, int RB, bool kDefault>
+template <Isa I, int RB, bool kDefault, WType T>
 inline void rnn_rows(const StepArgs& a, int r0, int tile) {
   using O = Ops<I>;
   using V = typename O::V;
@@ -186,8 +199,7 @@ inline void rnn_rows(const StepArgs& a, int r0, int tile) {
   const int u0 = tile * L;
   const int nu = w.h - u0 < L ? w.h - u0 : L;
   V acc[RB][1];
-  product<I, 1, RB>(w.data + static_cast<std::size_t>(tile) * w.k * L, w.k,
-                    a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  product<I, 1, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc);
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
     const V h = act::Math<I>::apply(a.act, O::add(acc[r][0], ld<I>(xp, nu)));
@@ -212,46 +224,76 @@ inline int tiles_of(int h) {
   return (h + Ops<I>::kLanes - 1) / Ops<I>::kLanes;
 }
 
+// Calls body<T>() for the element type of the packed weights: one switch per
+// step call, then a body compiled for that type.
+template <typename Body>
+inline void with_type(WType t, Body body) {
+  switch (t) {
+    case WType::kBf16:
+      body(std::integral_constant<WType, WType::kBf16>());
+      return;
+    case WType::kI8:
+      body(std::integral_constant<WType, WType::kI8>());
+      return;
+    case WType::kF32:
+      break;
+  }
+  body(std::integral_constant<WType, WType::kF32>());
+}
+
 template <Isa I, int RB>
 void lstm_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next && a.c_prev != a.c_next);
   const int tiles = tiles_of<I>(a.w->h);
-  if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
-    for_rows<RB>(a.n, tiles, [&](int r, int t) { lstm_rows<I, RB, true>(a, r, t); },
-                 [&](int r, int t) { lstm_rows<I, 1, true>(a, r, t); });
-  else
-    for_rows<RB>(a.n, tiles, [&](int r, int t) { lstm_rows<I, RB, false>(a, r, t); },
-                 [&](int r, int t) { lstm_rows<I, 1, false>(a, r, t); });
+  with_type(a.w->type, [&](auto tc) {
+    constexpr WType T = decltype(tc)::value;
+    if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
+      for_rows<RB>(a.n, tiles, [&](int r, int t) { lstm_rows<I, RB, true, T>(a, r, t); },
+                   [&](int r, int t) { lstm_rows<I, 1, true, T>(a, r, t); });
+    else
+      for_rows<RB>(a.n, tiles, [&](int r, int t) { lstm_rows<I, RB, false, T>(a, r, t); },
+                   [&](int r, int t) { lstm_rows<I, 1, false, T>(a, r, t); });
+  });
 }
 
 template <Isa I, int RB>
 void gru_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next);
   const int tiles = tiles_of<I>(a.w->h);
-  if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
-    for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rows<I, RB, true>(a, r, t); },
-                 [&](int r, int t) { gru_rows<I, 1, true>(a, r, t); });
-  else
-    for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rows<I, RB, false>(a, r, t); },
-                 [&](int r, int t) { gru_rows<I, 1, false>(a, r, t); });
+  with_type(a.w->type, [&](auto tc) {
+    constexpr WType T = decltype(tc)::value;
+    if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
+      for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rows<I, RB, true, T>(a, r, t); },
+                   [&](int r, int t) { gru_rows<I, 1, true, T>(a, r, t); });
+    else
+      for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rows<I, RB, false, T>(a, r, t); },
+                   [&](int r, int t) { gru_rows<I, 1, false, T>(a, r, t); });
+  });
 }
 
 template <Isa I, int RB>
 void gru_reset_before_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next && a.scratch != nullptr && a.w2 != nullptr);
+  assert(a.w->type == a.w2->type);
   const int tiles = tiles_of<I>(a.w->h);
-  for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rb_pass1<I, RB, false>(a, r, t); },
-               [&](int r, int t) { gru_rb_pass1<I, 1, false>(a, r, t); });
-  for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rb_pass2<I, RB, false>(a, r, t); },
-               [&](int r, int t) { gru_rb_pass2<I, 1, false>(a, r, t); });
+  with_type(a.w->type, [&](auto tc) {
+    constexpr WType T = decltype(tc)::value;
+    for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rb_pass1<I, RB, false, T>(a, r, t); },
+                 [&](int r, int t) { gru_rb_pass1<I, 1, false, T>(a, r, t); });
+    for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rb_pass2<I, RB, false, T>(a, r, t); },
+                 [&](int r, int t) { gru_rb_pass2<I, 1, false, T>(a, r, t); });
+  });
 }
 
 template <Isa I, int RB>
 void rnn_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next);
   const int tiles = tiles_of<I>(a.w->h);
-  for_rows<RB>(a.n, tiles, [&](int r, int t) { rnn_rows<I, RB, false>(a, r, t); },
-               [&](int r, int t) { rnn_rows<I, 1, false>(a, r, t); });
+  with_type(a.w->type, [&](auto tc) {
+    constexpr WType T = decltype(tc)::value;
+    for_rows<RB>(a.n, tiles, [&](int r, int t) { rnn_rows<I, RB, false, T>(a, r, t); },
+                 [&](int r, int t) { rnn_rows<I, 1, false, T>(a, r, t); });
+  });
 }
 
 template <Isa I>

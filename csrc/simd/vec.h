@@ -13,6 +13,9 @@
 //     is what determinism needs (a sequence's bits do not depend on tiling).
 //   min/max(a, b): if either is NaN the result is b (x86 semantics); callers
 //     put the value to clamp second so that NaN propagates.
+//   load_bf16(p): kLanes bfloat16 values (uint16 bit patterns) widened to
+//     float exactly (the bf16 bits are the high half of the float's bits).
+//   load_i8(p): kLanes int8 values converted to float (exact).
 //   pow2i(n): 2^n for integer-valued n in [-126, 127].
 //   frexp(x, e): mantissa in [0.5, 1) and exponent for finite positive normal x.
 #pragma once
@@ -40,6 +43,13 @@ struct Ops<Isa::kScalar> {
   static inline void store_n(float* p, V v, int n) {
     if (n > 0) *p = v;
   }
+  static inline V load_bf16(const uint16_t* p) {
+    const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+    float r;
+    std::memcpy(&r, &bits, sizeof r);
+    return r;
+  }
+  static inline V load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static inline V set1(float x) { return x; }
   static inline V zero() { return 0.0f; }
   static inline V add(V a, V b) { return a + b; }

@@ -23,6 +23,13 @@ struct Ops<Isa::kAvx2> {
   static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static inline V load_n(const float* p, int n) { return _mm256_maskload_ps(p, tail_mask(n)); }
   static inline void store_n(float* p, V v, int n) { _mm256_maskstore_ps(p, tail_mask(n), v); }
+  static inline V load_bf16(const uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static inline V load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
   static inline V set1(float x) { return _mm256_set1_ps(x); }
   static inline V zero() { return _mm256_setzero_ps(); }
   static inline V add(V a, V b) { return _mm256_add_ps(a, b); }

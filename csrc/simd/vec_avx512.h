@@ -22,6 +22,13 @@ struct Ops<Isa::kAvx512> {
   static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static inline V load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
   static inline void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+  static inline V load_bf16(const uint16_t* p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+  static inline V load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   static inline V set1(float x) { return _mm512_set1_ps(x); }
   static inline V zero() { return _mm512_setzero_ps(); }
   static inline V add(V a, V b) { return _mm512_add_ps(a, b); }

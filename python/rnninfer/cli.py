@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelFormatError
+from .format.precision import PRECISIONS
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
@@ -52,8 +53,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             hidden_activation=args.hidden_activation,
             nonlinearity=args.nonlinearity or "tanh",
         )
+    if args.precision != "fp32":
+        model = model.with_precision(args.precision)
     model.save(args.output, compress=args.compress)
     print(model.summary())
+    print(f"precision: {model.precision}")
     print(f"wrote {args.output}")
     return 0
 
@@ -61,7 +65,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import isa, load
 
-    model = load(args.model)
+    model = load(args.model, precision=args.precision)
     print(model.summary())
     print(f"isa: {isa()}, threads: {model.threads}, precision: {model.precision}")
     return 0
@@ -77,7 +81,7 @@ def _parse_seq(text: str) -> list[int]:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import load
 
-    model = load(args.model, threads=args.threads)
+    model = load(args.model, threads=args.threads, precision=args.precision)
     x: Any
     lengths = None
     if args.tokens and args.input:
@@ -123,10 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hidden-activation", help="torch: activation between Linear head layers")
     c.add_argument("--nonlinearity", choices=["tanh", "relu"], help="torch: nn.RNN activation for state dicts")
     c.add_argument("--compress", action="store_true", help="deflate the archive")
+    c.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="store w_ih/w_hh as fp32 (default), bf16 or int8 (docs/precision.md)")
     c.set_defaults(func=_cmd_convert)
 
     i = sub.add_parser("info", help="print a model's layer table and provenance")
     i.add_argument("model")
+    i.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="weight precision to load with (default: what the file stores)")
     i.set_defaults(func=_cmd_info)
 
     r = sub.add_parser("predict", help="run a model on token ids or an input array")
@@ -135,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input", help=".npy array: (T,) / (B, T) ids or (T, F) / (B, T, F) features")
     r.add_argument("--lengths", help="true lengths of a padded --input, e.g. 5,3")
     r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="weight precision to run with (default: what the file stores)")
     r.add_argument("-o", "--output", help="write the result to this .npy instead of printing it")
     r.set_defaults(func=_cmd_predict)
 

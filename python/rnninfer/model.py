@@ -17,12 +17,13 @@ import numpy as np
 
 from .errors import ModelFormatError
 from .format import npz
-from .format.manifest import ModelSpec
+from .format import precision as prec
+from .format.manifest import ModelSpec, validate_spec
 from .format.spec import DTYPE, count_params, expected_tensors, validate
 
 ArrayLike = Union[np.ndarray, Sequence[Any]]
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = prec.PRECISIONS
 _MAX_INT32 = np.iinfo(np.int32).max
 
 
@@ -58,16 +59,8 @@ def _check_threads(threads: int | None) -> int:
     return int(threads)
 
 
-def _check_precision(precision: str | None) -> str:
-    if precision is None:
-        return "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
-    if precision != "fp32":
-        raise ValueError(
-            f"precision {precision!r} is not implemented in this rnninfer version; use 'fp32'"
-        )
-    return precision
+def _check_precision(precision: str | None) -> str | None:
+    return prec.check_precision(precision)
 
 
 class Model:
@@ -96,7 +89,11 @@ class Model:
             tensors: canonical float32 tensors by name.
             producer: provenance stored in saved files.
             threads: threads per call (``None`` = the cores this process may use).
-            precision: weight precision (``"fp32"``).
+            precision: weight precision of the packed engine weights:
+                ``"fp32"``, ``"bf16"`` or ``"int8"`` (``None`` = the precision
+                ``tensors`` are stored in; see ``docs/precision.md``).
+                ``tensors`` may hold reduced weights as a file stores them
+                (bf16 as ``uint16``, int8 plus ``<name>_scale``).
             isa: force a kernel ISA (``"scalar"``, ``"avx2"``, ``"avx512"``) for
                 this model, for tests and benchmarks; ``None`` = the process
                 default (``RNNINFER_ISA`` or the best the CPU runs).
@@ -104,20 +101,35 @@ class Model:
         Raises:
             ModelFormatError: listing every problem with the spec or tensors.
         """
+        _check_precision(precision)
         tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        problems = validate(spec, tensors)
+        problems = validate_spec(spec)
+        if not problems:
+            problems = prec.validate_stored(spec, tensors)
+        if not problems:
+            problems = validate(spec, prec.decode(spec, tensors))
         if problems:
             raise ModelFormatError(problems)
-        for t in tensors.values():
+        target = precision or prec.stored_precision(spec, tensors)
+        stored = prec.convert(spec, tensors, target)
+        effective = prec.decode(spec, stored)
+        problems = validate(spec, effective)  # e.g. a float32 beyond bf16's range became inf
+        if problems:
+            raise ModelFormatError(problems)
+        for t in (*stored.values(), *effective.values()):
             t.setflags(write=False)
         self._spec = spec
-        self._tensors = MappingProxyType(tensors)
+        # Effective float32 weights (what the engine computes with) and their
+        # stored form at the model's precision (what save() writes).
+        self._tensors = MappingProxyType(effective)
+        self._stored = MappingProxyType(stored)
         self._producer = dict(producer or {"converter": "rnninfer.build"})
         self._threads = _check_threads(threads)
-        self._precision = _check_precision(precision)
+        self._precision = target
+        self._isa_arg = isa
         from . import _core  # imported here so converters and the file format work without it
 
-        self._engine = _core.Engine(_engine_desc(spec), dict(tensors), self._threads, isa or "")
+        self._engine = _core.Engine(_engine_desc(spec), dict(stored), self._threads, isa or "")
         inp = spec.input
         self._tokens = inp.kind == "tokens"
         self._width = inp.width
@@ -131,8 +143,29 @@ class Model:
 
     @property
     def tensors(self) -> Mapping[str, np.ndarray]:
-        """The canonical float32 tensors (read-only)."""
+        """The canonical float32 tensors (read-only).
+
+        For a reduced precision these are the effective weights the engine
+        uses: bf16 values widened, int8 codes times their row scales.
+        """
         return self._tensors
+
+    @property
+    def stored_tensors(self) -> Mapping[str, np.ndarray]:
+        """The tensors as :meth:`save` writes them (reduced weights for bf16/int8)."""
+        return self._stored
+
+    def with_precision(self, precision: str) -> Model:
+        """The same model with its weights packed in another precision.
+
+        Converting from int8 or bf16 starts from the effective weights (bf16 ->
+        fp32 widens exactly); converting to the model's own precision keeps
+        the stored weights unchanged.
+        """
+        if precision is None or _check_precision(precision) is None:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        return Model(self._spec, dict(self._stored), producer=self._producer, threads=self._threads,
+                     precision=precision, isa=self._isa_arg)
 
     @property
     def producer(self) -> dict[str, Any]:
@@ -207,7 +240,7 @@ class Model:
         """Write the model file (``.npz``, see ``docs/format.md``)."""
         producer = dict(self._producer)
         producer["rnninfer"] = _version()
-        npz.write(path, self._spec, dict(self._tensors), producer, compress=compress)
+        npz.write(path, self._spec, dict(self._stored), producer, compress=compress)
 
     def summary(self) -> str:
         """A table of the layers: type, units, direction, params, output shape."""
@@ -487,9 +520,12 @@ def load(
     Args:
         path: the ``.npz`` model file.
         threads: threads per call; ``None`` = the cores this process may use.
-        precision: ``"fp32"`` (``None`` = what the file stores).
+        precision: weight precision, ``"fp32"``, ``"bf16"`` or ``"int8"``
+            (``None`` = what the file stores). A bf16 file loaded as fp32 is
+            widened exactly.
 
     Raises:
+        ValueError: an unknown ``precision``.
         ModelFormatError: the file is missing, corrupt, of a newer format
             version, or inconsistent; the message lists every problem.
     """
@@ -517,7 +553,7 @@ def build(
         seed: seed for random weights.
         name: model name stored in the file.
         threads: threads per call (``None`` = the cores this process may use).
-        precision: ``"fp32"``.
+        precision: weight precision, ``"fp32"`` (default), ``"bf16"`` or ``"int8"``.
 
     Raises:
         ValueError: an inconsistent layer list, or neither weights nor seed.

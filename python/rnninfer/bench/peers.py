@@ -9,6 +9,8 @@ framework would have to, so the conversion is part of the timed call.
 Peers:
 
 * ``rnninfer``: :class:`rnninfer.Model` built from the canonical tensors.
+* ``rnninfer-bf16`` / ``rnninfer-int8``: the same with reduced-precision
+  weights (``precision="bf16"`` / ``"int8"``, docs/precision.md).
 * ``pytorch``: ``nn.Embedding`` -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (one
   module with ``num_layers`` when the stack is uniform, else one per layer) ->
   final hidden state of the top layer (``h_n[-num_directions:]``) ->
@@ -20,6 +22,9 @@ Peers:
   legacy one is gone), run by ``onnxruntime`` on the CPU provider with
   ``intra_op_num_threads=threads``, ``inter_op_num_threads=1``, sequential
   execution, all graph optimisations.
+* ``onnxruntime-int8``: that ONNX file through
+  ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations
+  quantised per call by ORT), same session options.
 * ``keras-xla`` / ``keras-eager``: a ``keras.Sequential`` (Keras 3, TensorFlow
   backend) with the weights set from the canonical tensors, called through
   ``tf.function(jit_compile=True)`` and as plain ``model(x, training=False)``.
@@ -49,6 +54,10 @@ RunFn = Callable[[np.ndarray], np.ndarray]
 Tensors = Mapping[str, np.ndarray]
 #: Largest absolute difference from the float64 reference accepted before timing.
 CHECK_TOLERANCE = 1e-4
+#: The same check for engines with reduced-precision weights: a sanity bound
+#: that catches a wrong model, not a statement of their accuracy (that is
+#: measured and documented in docs/precision.md).
+REDUCED_CHECK_TOLERANCE = 5e-2
 _HEAD_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
 
 
@@ -76,12 +85,14 @@ class Peer:
         group: engines of one group share a worker process (one framework).
         modules: importable modules the engine needs.
         prepare: ``prepare(spec, tensors, threads) -> Prepared``.
+        tolerance: largest accepted difference from the float64 reference.
     """
 
     name: str
     group: str
     modules: tuple[str, ...]
     prepare: Callable[[Any, Tensors, int], Prepared]
+    tolerance: float = CHECK_TOLERANCE
 
     def missing(self) -> list[str]:
         """Modules this peer needs that are not installed (nothing is imported)."""
@@ -179,17 +190,27 @@ def _check_supported(spec: Any, who: str) -> None:
 
 
 # ---- rnninfer -----------------------------------------------------------------------------
-def prepare_rnninfer(spec: Any, tensors: Tensors, threads: int) -> Prepared:
-    """rnninfer's own engine, built from the canonical tensors."""
+def prepare_rnninfer(spec: Any, tensors: Tensors, threads: int, precision: str = "fp32") -> Prepared:
+    """rnninfer's own engine, built from the canonical tensors, weights in ``precision``."""
     import rnninfer
     from rnninfer.model import Model
 
-    model = Model(spec, dict(tensors), threads=threads)
+    model = Model(spec, dict(tensors), threads=threads, precision=precision)
 
     def run(x: np.ndarray) -> np.ndarray:
         return model.predict(x)
 
-    return Prepared(run, f"rnninfer {rnninfer.__version__} ({rnninfer.isa()})")
+    return Prepared(run, f"rnninfer {rnninfer.__version__} ({rnninfer.isa()}, {precision} weights)")
+
+
+def prepare_rnninfer_bf16(spec: Any, tensors: Tensors, threads: int) -> Prepared:
+    """rnninfer with bf16 weights."""
+    return prepare_rnninfer(spec, tensors, threads, "bf16")
+
+
+def prepare_rnninfer_int8(spec: Any, tensors: Tensors, threads: int) -> Prepared:
+    """rnninfer with int8 weights."""
+    return prepare_rnninfer(spec, tensors, threads, "int8")
 
 
 # ---- PyTorch ------------------------------------------------------------------------------
@@ -346,14 +367,22 @@ def export_onnx(spec: Any, tensors: Tensors, path: str) -> str:
     raise RuntimeError("torch.onnx.export failed: " + " | ".join(errors))
 
 
-def prepare_onnxruntime(spec: Any, tensors: Tensors, threads: int) -> Prepared:
-    """ONNX Runtime (CPU provider) on the exported PyTorch module."""
+def prepare_onnxruntime(spec: Any, tensors: Tensors, threads: int, quantize: bool = False) -> Prepared:
+    """ONNX Runtime (CPU provider) on the exported PyTorch module (optionally int8-quantised)."""
     _check_supported(spec, "onnxruntime")
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="rnninfer-bench-onnx-") as tmp:
         path = os.path.join(tmp, "model.onnx")
         note = export_onnx(spec, tensors, path)
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            qpath = os.path.join(tmp, "model.int8.onnx")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
+            path, note = qpath, note + ", quantize_dynamic int8"
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -369,6 +398,11 @@ def prepare_onnxruntime(spec: Any, tensors: Tensors, threads: int) -> Prepared:
         return out
 
     return Prepared(run, f"onnxruntime {ort.__version__} (CPU EP; torch {_torch_version()} {note})")
+
+
+def prepare_onnxruntime_int8(spec: Any, tensors: Tensors, threads: int) -> Prepared:
+    """ONNX Runtime on the exported module after ``quantize_dynamic`` (int8 weights)."""
+    return prepare_onnxruntime(spec, tensors, threads, quantize=True)
 
 
 def _torch_version() -> str:
@@ -489,8 +523,12 @@ def prepare_keras_eager(spec: Any, tensors: Tensors, threads: int) -> Prepared:
 # ---- registry ------------------------------------------------------------------------------
 PEERS: tuple[Peer, ...] = (
     Peer("rnninfer", "rnninfer", ("rnninfer",), prepare_rnninfer),
+    Peer("rnninfer-bf16", "rnninfer", ("rnninfer",), prepare_rnninfer_bf16, REDUCED_CHECK_TOLERANCE),
+    Peer("rnninfer-int8", "rnninfer", ("rnninfer",), prepare_rnninfer_int8, REDUCED_CHECK_TOLERANCE),
     Peer("pytorch", "torch", ("torch",), prepare_pytorch),
     Peer("onnxruntime", "onnxruntime", ("onnxruntime", "onnx", "torch"), prepare_onnxruntime),
+    Peer("onnxruntime-int8", "onnxruntime", ("onnxruntime", "onnx", "torch"), prepare_onnxruntime_int8,
+         REDUCED_CHECK_TOLERANCE),
     Peer("keras-xla", "keras", ("keras", "tensorflow"), prepare_keras_xla),
     Peer("keras-eager", "keras", ("keras", "tensorflow"), prepare_keras_eager),
 )
@@ -545,7 +583,7 @@ def check(
 def verify(peer: Peer, spec: Any, tensors: Tensors, threads: int = 1, seed: int = 0) -> float:
     """Prepare ``peer`` in this process and check it on a small random batch."""
     prepared = peer.prepare(spec, tensors, threads)
-    return check(prepared.run, spec, tensors, sample_input(spec, 2, 9, seed))
+    return check(prepared.run, spec, tensors, sample_input(spec, 2, 9, seed), tol=peer.tolerance)
 
 
 def sample_input(spec: Any, batch: int, T: int, seed: int) -> np.ndarray:

@@ -364,7 +364,7 @@ def _run_model(
                 engine_versions[n] = r["version"]
                 try:
                     err = peers.check(lambda x, n=n, w=w: w.call("eval", engine=n, x=x)["out"],
-                                      spec, tensors, small, ref=small_ref)
+                                      spec, tensors, small, ref=small_ref, tol=peers.get(n).tolerance)
                 except (peers.WrongOutput, RuntimeError, WorkerDied) as e:
                     status[n] = {"status": "wrong output", "reason": str(e)[:2000]}
                     prog.write(f"{n}: NOT TIMED, wrong output on the check batch: {e}")
@@ -407,7 +407,7 @@ def _run_item(
                 continue
             err = peers.max_abs_error(np.asarray(r["out"])[rows], ref)
             status[n]["timed_check_max_abs_err"] = err
-            if not err <= peers.CHECK_TOLERANCE:
+            if not err <= peers.get(n).tolerance:
                 status[n].update(status="wrong output", reason=f"timed batch rows {rows}: max error {err:.3g}")
                 prog.write(f"{n}: NOT TIMED on {it.name}: wrong output (error {err:.3g})")
                 continue

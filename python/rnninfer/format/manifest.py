@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_NAME = "rnninfer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 CELLS = ("lstm", "gru", "rnn")
 DIRECTIONS = ("forward", "backward", "bidirectional")

@@ -11,8 +11,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFormatError
-from .manifest import FORMAT_NAME, FORMAT_VERSION, ModelSpec
+from . import precision as prec
+from .manifest import FORMAT_NAME, FORMAT_VERSION, ModelSpec, validate_spec
 from .spec import DTYPE, validate
+
+#: Manifest dtype name of each stored numpy dtype (format version 2).
+_DTYPE_NAMES = {np.dtype("<f4"): "float32", np.dtype("<u2"): "bfloat16", np.dtype("i1"): "int8"}
+#: The first format version that may store reduced-precision weights.
+REDUCED_SINCE = 2
 
 MANIFEST_KEY = "__manifest__"
 
@@ -23,9 +29,11 @@ def manifest_dict(spec: ModelSpec, tensors: dict[str, np.ndarray], producer: dic
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "producer": producer,
+        "precision": prec.stored_precision(spec, tensors),
         "model": spec.to_json_dict(),
         "tensors": {
-            name: {"shape": list(t.shape), "dtype": "float32"} for name, t in tensors.items()
+            name: {"shape": list(t.shape), "dtype": _DTYPE_NAMES.get(t.dtype, "float32")}
+            for name, t in tensors.items()
         },
     }
 
@@ -44,7 +52,10 @@ def write(
         MANIFEST_KEY: np.frombuffer(manifest.encode("utf-8"), dtype=np.uint8)
     }
     for name, t in tensors.items():
-        arrays[name] = np.ascontiguousarray(t, dtype=DTYPE)
+        # Reduced weights keep their stored dtype (uint16 bf16 bits, int8);
+        # everything else is float32.
+        dtype = t.dtype if t.dtype in _DTYPE_NAMES else DTYPE
+        arrays[name] = np.ascontiguousarray(t, dtype=dtype)
     path = os.fspath(path)
     # Write to a temporary name first so that a crash never leaves a half file
     # under the final name.
@@ -130,8 +141,15 @@ def read_bytes(
                 problems.append(f"tensor {name!r} is listed in the manifest but missing from the archive")
                 continue
             a = arrays[name]
-            if not isinstance(info, dict) or info.get("dtype") != "float32":
-                problems.append(f"tensor {name!r}: manifest dtype must be 'float32'")
+            allowed = ("float32",) if version < REDUCED_SINCE else tuple(prec.NUMPY_DTYPES)
+            dname = info.get("dtype") if isinstance(info, dict) else None
+            if dname not in allowed:
+                problems.append(
+                    f"tensor {name!r}: manifest dtype {dname!r} is not one of {allowed} "
+                    f"(format version {version})"
+                )
+            elif a.dtype != prec.NUMPY_DTYPES[dname]:
+                problems.append(f"tensor {name!r}: archive dtype {a.dtype} does not match manifest {dname!r}")
             if not isinstance(info, dict) or list(a.shape) != info.get("shape"):
                 problems.append(
                     f"tensor {name!r}: archive shape {list(a.shape)} differs from manifest "
@@ -140,7 +158,17 @@ def read_bytes(
         for name in arrays:
             if name not in listed:
                 problems.append(f"archive entry {name!r} is not listed in the manifest")
-    problems += validate(spec, arrays)
+    if not validate_spec(spec):
+        stored_problems = prec.validate_stored(spec, arrays)
+        problems += stored_problems or validate(spec, prec.decode(spec, arrays))
+        declared = manifest.get("precision")
+        if not stored_problems and declared is not None and declared != prec.stored_precision(spec, arrays):
+            problems.append(
+                f"manifest precision {declared!r} differs from the stored weights' "
+                f"{prec.stored_precision(spec, arrays)!r}"
+            )
+    else:
+        problems += validate_spec(spec)
     if problems:
         raise ModelFormatError(sorted(set(problems), key=problems.index), source=source)
     producer = manifest.get("producer", {})
