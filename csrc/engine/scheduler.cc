@@ -95,7 +95,14 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
             u.dir = d;
             u.block = k;
             u.shard = s;
-            u.thread = (l - 1 + below.dirs() - 1) % plan.threads;
+            // Below a forward stack the projections alternate between the
+            // producing and the consuming thread, which balances the two sides
+            // of the wavefront; after a layer read backwards (a barrier) each
+            // direction projects its own rows.
+            const bool streamable = below.dirs() == 1 && below.direction == Direction::kForward;
+            const int producer = (l - 1 + below.dirs() - 1) % plan.threads;
+            const int consumer = (l + d) % plan.threads;
+            u.thread = streamable ? (k % 2 == 0 ? producer : consumer) : consumer;
             add(std::move(u));
           }
       }
