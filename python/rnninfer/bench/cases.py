@@ -127,11 +127,19 @@ def quick(threads: Sequence[int] = (1, 2)) -> list[Case]:
     ]
 
 
-SUITES = {"headline": headline, "quick": quick, "grid": grid}
+def scaling(threads: Sequence[int] = (1, 2)) -> list[Case]:
+    """Thread scaling: LSTM(256); layers 1/2/4; one or both directions; batch 1/8/64; T 32/128/512."""
+    return [
+        Case(hidden=256, layers=n, bidirectional=bi, T=t, batch=b, threads=th)
+        for n, bi, t, b, th in itertools.product((1, 2, 4), (False, True), (32, 128, 512), (1, 8, 64), threads)
+    ]
+
+
+SUITES = {"headline": headline, "quick": quick, "grid": grid, "scaling": scaling}
 
 
 def select(suite: str, threads: Iterable[int]) -> list[Case]:
-    """The cases of a named suite (``headline``, ``quick`` or ``grid``) for these thread counts."""
+    """The cases of a named suite (``headline``, ``quick``, ``grid``, ``scaling``) for these thread counts."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; expected one of {sorted(SUITES)}")
     return SUITES[suite](tuple(threads))
