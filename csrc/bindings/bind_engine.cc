@@ -210,6 +210,7 @@ class PyEngine {
     py::dict plan;
     plan["threads"] = trace.plan.threads;
     plan["block_steps"] = trace.plan.block_steps;
+    plan["block_begin"] = trace.plan.block_begin;
     plan["blocks"] = trace.plan.blocks;
     plan["shards"] = trace.plan.shards();
     plan["wavefront"] = trace.plan.wavefront;

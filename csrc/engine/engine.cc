@@ -436,8 +436,8 @@ void Engine::project_block(Workspace& ws, const Plan& plan, const Unit& u) const
   const DirWeights& dw = layers_[static_cast<size_t>(u.layer)].dirs[static_cast<size_t>(u.dir)];
   const int GH = L.gates() * L.units;
   const int in_w = desc_.stream_width(u.layer - 1);
-  const int t_begin = u.block * plan.block_steps;
-  const int t_end = std::min(t_begin + plan.block_steps, ws.steps);
+  const int t_begin = plan.block_begin[static_cast<size_t>(u.block)];
+  const int t_end = plan.block_begin[static_cast<size_t>(u.block) + 1];
   const int64_t r0 = ws.offset[static_cast<size_t>(t_begin)];
   kernels_->gemm(dw.wx.view, ws.stream(u.layer) + r0 * in_w, static_cast<std::size_t>(in_w),
                  static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0),
@@ -454,8 +454,8 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
   const int in_w = desc_.stream_width(u.layer - 1);
   const int s0 = plan.shard_begin[static_cast<size_t>(u.shard)];
   const int s1 = plan.shard_begin[static_cast<size_t>(u.shard) + 1];
-  const int t_begin = u.block * plan.block_steps;
-  const int t_end = std::min(t_begin + plan.block_steps, ws.steps);
+  const int t_begin = plan.block_begin[static_cast<size_t>(u.block)];
+  const int t_end = plan.block_begin[static_cast<size_t>(u.block) + 1];
   const bool top = u.layer + 1 == static_cast<int>(desc_.layers.size());
 
   if (u.first) {
@@ -602,8 +602,8 @@ void Engine::finish_block(Workspace& ws, const Plan& plan, const Unit& u) const 
   const float* src = L.residual_from != kNoResidual ? ws.stream(L.residual_from + 1) : nullptr;
   const int s0 = plan.shard_begin[static_cast<size_t>(u.shard)];
   const int s1 = plan.shard_begin[static_cast<size_t>(u.shard) + 1];
-  const int t_begin = u.block * plan.block_steps;
-  const int t_end = std::min(t_begin + plan.block_steps, ws.steps);
+  const int t_begin = plan.block_begin[static_cast<size_t>(u.block)];
+  const int t_end = plan.block_begin[static_cast<size_t>(u.block) + 1];
   for (int t = t_begin; t < t_end; ++t) {
     const int hi = std::min(s1, ws.active[static_cast<size_t>(t)]);
     for (int64_t r = ws.offset[static_cast<size_t>(t)] + s0; r < ws.offset[static_cast<size_t>(t)] + hi; ++r) {

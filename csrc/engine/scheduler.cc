@@ -53,7 +53,24 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
   // A wavefront fills and drains one block per layer boundary: smaller blocks
   // there, while each block still amortises its gemm over several steps.
   plan.block_steps = plan.wavefront ? std::max(4, std::min(kTimeBlock, steps / 12)) : kTimeBlock;
-  plan.blocks = (steps + plan.block_steps - 1) / plan.block_steps;
+  // Block boundaries. A wavefront also ramps its blocks up at the start and
+  // down at the end (1, 2, 4 steps ...): the pipeline fills and drains
+  // through one block per layer boundary, during which other threads wait.
+  plan.block_begin.assign(1, 0);
+  std::vector<int> ramp;
+  if (plan.wavefront)
+    for (int r = 2; r < plan.block_steps && r <= 2 && 4 * r <= steps; r *= 2) ramp.push_back(r);
+  int head = 0, tail = 0;
+  for (int r : ramp) head += r;
+  tail = head;
+  if (head + tail > steps) ramp.clear(), head = tail = 0;
+  for (int r : ramp) plan.block_begin.push_back(plan.block_begin.back() + r);
+  const int middle_end = steps - tail;
+  while (plan.block_begin.back() < middle_end)
+    plan.block_begin.push_back(std::min(plan.block_begin.back() + plan.block_steps, middle_end));
+  for (auto it = ramp.rbegin(); it != ramp.rend(); ++it)
+    plan.block_begin.push_back(plan.block_begin.back() + *it);
+  plan.blocks = static_cast<int>(plan.block_begin.size()) - 1;
   const int NB = plan.blocks;
   plan.projected.assign(static_cast<size_t>(L), false);
   if (plan.wavefront)

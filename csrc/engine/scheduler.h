@@ -34,7 +34,7 @@ struct Unit {
   int layer = 0;
   int dir = 0;       // kDirection: 0 forward half (or the only one), 1 backward half
   bool reverse = false;
-  int block = 0;     // time block index: steps [block * block_steps, ...)
+  int block = 0;     // time block index: steps [block_begin[block], block_begin[block + 1])
   int first = 0;     // kDirection: true on the direction's first block (state starts at 0)
   int shard = 0;
   int thread = 0;
@@ -43,8 +43,9 @@ struct Unit {
 
 struct Plan {
   int threads = 1;
-  int block_steps = 16;
+  int block_steps = 16;            // the longest block
   int blocks = 0;
+  std::vector<int> block_begin;    // blocks + 1 step boundaries
   std::vector<int> shard_begin;  // sorted-batch row ranges [shard_begin[s], shard_begin[s + 1])
   std::vector<Unit> units;       // in global topological order
   std::vector<std::vector<int>> per_thread;  // unit indices, each in global order

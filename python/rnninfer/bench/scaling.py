@@ -56,8 +56,8 @@ def _key(u: dict[str, Any], steps: int) -> tuple[Any, ...]:
 
 
 def _block_steps(plan: dict[str, Any], u: dict[str, Any], T: int) -> int:
-    b = plan["block_steps"]
-    return min(b, T - u["block"] * b)
+    begin = plan["block_begin"]
+    return int(begin[u["block"] + 1] - begin[u["block"]])
 
 
 def simulate(plan: dict[str, Any], units: list[dict[str, Any]], cost: dict[tuple[Any, ...], float], T: int) -> float:
