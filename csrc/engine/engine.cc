@@ -361,6 +361,7 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace) const {
     sc.xproj.ensure(static_cast<std::size_t>(call.plan.block_steps) * max_shard * max_gh);
     sc.m.ensure(B * max_h);
     sc.gru.ensure(2 * B * max_h);
+    sc.partial.ensure(B * kPartialFloatsPerRow);
   }
   return call;
 }
@@ -522,6 +523,7 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
   a.b_hn = dw.b_hn.size() ? dw.b_hn.data() : nullptr;
   a.ld_c = static_cast<std::size_t>(H);
   a.scratch = sc.gru.data();
+  a.partial = sc.partial.data();
   a.act = L.act;
   a.ract = L.ract;
   const bool proj = L.proj_size > 0;

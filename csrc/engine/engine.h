@@ -101,6 +101,8 @@ class Engine {
   // Spins on a dependency before yielding the core: a block hand-off is
   // normally a few microseconds away.
   static constexpr int kSpinBeforeYield = 2000;
+  // StepArgs::partial per row: up to 4 gates x 16 lanes (the widest ISA).
+  static constexpr std::size_t kPartialFloatsPerRow = 4 * 16;
   // Budget for the first layer's per-token projection table; larger
   // vocabularies keep the gemm (the table would not stay in cache anyway).
   static constexpr std::size_t kMaxTokenProjectionBytes = std::size_t{256} << 20;

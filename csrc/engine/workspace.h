@@ -54,6 +54,7 @@ struct Workspace {
     AlignedBuffer xproj;        // input projections of one block of steps
     AlignedBuffer m;            // LSTM projection input o*act(c)
     AlignedBuffer gru;          // GRU reset-before: z and r*h
+    AlignedBuffer partial;      // chunked recurrent products: 4 gates x 16 lanes per row
   };
   std::vector<Scratch> scratch;     // [thread]
 

@@ -106,6 +106,8 @@ struct StepArgs {
   float* y = nullptr;             // optional copy of h_next (layer output rows), stride ld_y
   std::size_t ld_y = 0;
   float* scratch = nullptr;       // GRU reset-before: 2 * n * H floats (z, r*h)
+  float* partial = nullptr;       // n * 4 * kLanes floats for chunked products (or nullptr)
+  int k_begin = 0;                // set by the kernels: sums below it come from `partial`
   Act act = Act::kTanh;
   Act ract = Act::kSigmoid;
 };

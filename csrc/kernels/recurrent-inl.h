@@ -32,19 +32,17 @@
 namespace rnninfer {
 namespace rec_impl {
 
-// acc[r][g] = W_g(tile) h_r for the G gates of one unit tile.
+// acc[r][g] += W_g(tile)[k0:k1] h_r[k0:k1] for the G gates of one unit tile.
 template <Isa I, int G, int RB, WType T>
-inline void product(const PackedRec& pw, int tile, const float* h, std::size_t ld_h,
-                    typename Ops<I>::V (&acc)[RB][G]) {
+inline void accumulate(const PackedRec& pw, int tile, int k0, int k1, const float* h,
+                       std::size_t ld_h, typename Ops<I>::V (&acc)[RB][G]) {
   using O = Ops<I>;
   using V = typename O::V;
   using W = wload::WeightOps<I, T>;
   constexpr int L = O::kLanes;
-  const int K = pw.k;
-  for (int r = 0; r < RB; ++r)
-    for (int g = 0; g < G; ++g) acc[r][g] = O::zero();
-  const typename W::E* w = W::base(pw) + static_cast<std::size_t>(tile) * K * G * L;
-  for (int k = 0; k < K; ++k, w += G * L) {
+  const typename W::E* w =
+      W::base(pw) + (static_cast<std::size_t>(tile) * pw.k + k0) * G * L;
+  for (int k = k0; k < k1; ++k, w += G * L) {
     V wv[G];
     for (int g = 0; g < G; ++g) wv[g] = W::load(w + g * L);
     for (int r = 0; r < RB; ++r) {
@@ -52,6 +50,22 @@ inline void product(const PackedRec& pw, int tile, const float* h, std::size_t l
       for (int g = 0; g < G; ++g) acc[r][g] = O::fma(wv[g], hv, acc[r][g]);
     }
   }
+}
+
+// acc[r][g] = W_g(tile) h_r for the G gates of one unit tile. With k_begin > 0
+// the sums over k < k_begin were computed before (partial_sums) and are read
+// from `partial` (G * kLanes floats per row): storing and reloading an
+// accumulator does not change it, so the result is bit-identical to one pass.
+template <Isa I, int G, int RB, WType T>
+inline void product(const PackedRec& pw, int tile, const float* h, std::size_t ld_h,
+                    typename Ops<I>::V (&acc)[RB][G], int k_begin, const float* partial) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  for (int r = 0; r < RB; ++r)
+    for (int g = 0; g < G; ++g)
+      acc[r][g] = k_begin > 0 ? O::load(partial + (r * G + g) * L) : O::zero();
+  accumulate<I, G, RB, T>(pw, tile, k_begin, pw.k, h, ld_h, acc);
   if (T == WType::kI8) {
     // Integer weights summed exactly in fp32 products; one scale per gate row.
     const float* sc = pw.scale + static_cast<std::size_t>(tile) * G * L;
@@ -59,6 +73,42 @@ inline void product(const PackedRec& pw, int tile, const float* h, std::size_t l
       const V s = O::load(sc + g * L);
       for (int r = 0; r < RB; ++r) acc[r][g] = O::mul(acc[r][g], s);
     }
+  }
+}
+
+// K steps per chunk when many rows share a step: the chunk of one tile's
+// weights (~16 KiB) stays in L1 while every row group passes over it, instead
+// of the whole tile being streamed from L2 once per row group.
+template <Isa I, int G, WType T>
+constexpr int chunk_k() {
+  constexpr int bytes = G * Ops<I>::kLanes *
+                        static_cast<int>(sizeof(typename wload::WeightOps<I, T>::E));
+  return 16384 / bytes < 16 ? 16 : 16384 / bytes;
+}
+
+// partial[r] = sums over k < k_end of one tile, for rows [0, n), chunk by chunk.
+template <Isa I, int G, int RB, WType T>
+inline void partial_sums(const PackedRec& pw, int tile, const float* h, std::size_t ld_h, int n,
+                         int k_end, float* partial) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  constexpr int KC = chunk_k<I, G, T>();
+  auto group = [&](auto rows_c, int r0, int k0, int k1) {
+    constexpr int R = decltype(rows_c)::value;
+    V acc[R][G];
+    float* p = partial + static_cast<std::size_t>(r0) * G * L;
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) acc[r][g] = k0 > 0 ? O::load(p + (r * G + g) * L) : O::zero();
+    accumulate<I, G, R, T>(pw, tile, k0, k1, h + r0 * ld_h, ld_h, acc);
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) O::store(p + (r * G + g) * L, acc[r][g]);
+  };
+  for (int k0 = 0; k0 < k_end; k0 += KC) {
+    const int k1 = k0 + KC < k_end ? k0 + KC : k_end;
+    int r0 = 0;
+    for (; r0 + RB <= n; r0 += RB) group(std::integral_constant<int, RB>(), r0, k0, k1);
+    for (; r0 < n; ++r0) group(std::integral_constant<int, 1>(), r0, k0, k1);
   }
 }
 
@@ -98,7 +148,8 @@ inline void lstm_rows(const StepArgs& a, int r0, int tile) {
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
   V acc[RB][4];
-  product<I, 4, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  product<I, 4, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * 4 * L);
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
@@ -124,7 +175,8 @@ inline void gru_rows(const StepArgs& a, int r0, int tile) {
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
   V acc[RB][3];
-  product<I, 3, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  product<I, 3, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * 3 * L);
   const Acts<I, kDefault> f{a.act, a.ract};
   const V bhn = a.b_hn ? ld<I>(a.b_hn + u0, nu) : O::zero();
   for (int r = 0; r < RB; ++r) {
@@ -151,7 +203,8 @@ inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
   V acc[RB][2];
-  product<I, 2, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  product<I, 2, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * 2 * L);
   const Acts<I, kDefault> f{a.act, a.ract};
   float* zs = a.scratch;
   float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
@@ -177,7 +230,8 @@ inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
   const float* zs = a.scratch;
   const float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
   V acc[RB][1];
-  product<I, 1, RB, T>(w, tile, rh + r0 * H, static_cast<std::size_t>(H), acc);
+  product<I, 1, RB, T>(w, tile, rh + r0 * H, static_cast<std::size_t>(H), acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * L);
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
@@ -199,7 +253,8 @@ inline void rnn_rows(const StepArgs& a, int r0, int tile) {
   const int u0 = tile * L;
   const int nu = w.h - u0 < L ? w.h - u0 : L;
   V acc[RB][1];
-  product<I, 1, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc);
+  product<I, 1, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * L);
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
     const V h = act::Math<I>::apply(a.act, O::add(acc[r][0], ld<I>(xp, nu)));
@@ -208,20 +263,40 @@ inline void rnn_rows(const StepArgs& a, int r0, int tile) {
   }
 }
 
-// Runs `Rows<RB>` over every (row group, tile); row tails use RB = 1, which
-// performs the same per-element operations.
-template <int RB, typename Full, typename One>
-inline void for_rows(int n, int tiles, Full full, One one) {
-  int r = 0;
-  for (; r + RB <= n; r += RB)
-    for (int t = 0; t < tiles; ++t) full(r, t);
-  for (; r < n; ++r)
-    for (int t = 0; t < tiles; ++t) one(r, t);
-}
-
 template <Isa I>
 inline int tiles_of(int h) {
   return (h + Ops<I>::kLanes - 1) / Ops<I>::kLanes;
+}
+
+// Runs full(args, r0, tile) over every (row group of RB rows, tile) and
+// one(args, r, tile) over the remaining rows; both perform the same
+// per-element operations. Few rows: rows outer, tiles inner, each tile's
+// product in one pass. Many rows: tiles outer; all but the last K chunk of
+// the tile are summed first for every row (partial_sums, the chunk staying
+// in L1), then the row groups finish the last chunk and the update.
+template <Isa I, int G, int RB, WType T, typename Full, typename One>
+inline void for_rows(const StepArgs& a, const PackedRec& pw, const float* h, std::size_t ld_h,
+                     Full full, One one) {
+  const int tiles = tiles_of<I>(pw.h);
+  const int n = a.n;
+  constexpr int KC = chunk_k<I, G, T>();
+  StepArgs b = a;
+  if (n <= RB || pw.k <= KC || a.partial == nullptr) {
+    b.k_begin = 0;
+    int r = 0;
+    for (; r + RB <= n; r += RB)
+      for (int t = 0; t < tiles; ++t) full(b, r, t);
+    for (; r < n; ++r)
+      for (int t = 0; t < tiles; ++t) one(b, r, t);
+    return;
+  }
+  b.k_begin = ((pw.k - 1) / KC) * KC;
+  for (int t = 0; t < tiles; ++t) {
+    partial_sums<I, G, RB, T>(pw, t, h, ld_h, n, b.k_begin, a.partial);
+    int r = 0;
+    for (; r + RB <= n; r += RB) full(b, r, t);
+    for (; r < n; ++r) one(b, r, t);
+  }
 }
 
 // Calls body<T>() for the element type of the packed weights: one switch per
@@ -244,30 +319,36 @@ inline void with_type(WType t, Body body) {
 template <Isa I, int RB>
 void lstm_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next && a.c_prev != a.c_next);
-  const int tiles = tiles_of<I>(a.w->h);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
     if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
-      for_rows<RB>(a.n, tiles, [&](int r, int t) { lstm_rows<I, RB, true, T>(a, r, t); },
-                   [&](int r, int t) { lstm_rows<I, 1, true, T>(a, r, t); });
+      for_rows<I, 4, RB, T>(
+          a, *a.w, a.h_prev, a.ld_h,
+          [](const StepArgs& b, int r, int t) { lstm_rows<I, RB, true, T>(b, r, t); },
+          [](const StepArgs& b, int r, int t) { lstm_rows<I, 1, true, T>(b, r, t); });
     else
-      for_rows<RB>(a.n, tiles, [&](int r, int t) { lstm_rows<I, RB, false, T>(a, r, t); },
-                   [&](int r, int t) { lstm_rows<I, 1, false, T>(a, r, t); });
+      for_rows<I, 4, RB, T>(
+          a, *a.w, a.h_prev, a.ld_h,
+          [](const StepArgs& b, int r, int t) { lstm_rows<I, RB, false, T>(b, r, t); },
+          [](const StepArgs& b, int r, int t) { lstm_rows<I, 1, false, T>(b, r, t); });
   });
 }
 
 template <Isa I, int RB>
 void gru_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next);
-  const int tiles = tiles_of<I>(a.w->h);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
     if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
-      for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rows<I, RB, true, T>(a, r, t); },
-                   [&](int r, int t) { gru_rows<I, 1, true, T>(a, r, t); });
+      for_rows<I, 3, RB, T>(
+          a, *a.w, a.h_prev, a.ld_h,
+          [](const StepArgs& b, int r, int t) { gru_rows<I, RB, true, T>(b, r, t); },
+          [](const StepArgs& b, int r, int t) { gru_rows<I, 1, true, T>(b, r, t); });
     else
-      for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rows<I, RB, false, T>(a, r, t); },
-                   [&](int r, int t) { gru_rows<I, 1, false, T>(a, r, t); });
+      for_rows<I, 3, RB, T>(
+          a, *a.w, a.h_prev, a.ld_h,
+          [](const StepArgs& b, int r, int t) { gru_rows<I, RB, false, T>(b, r, t); },
+          [](const StepArgs& b, int r, int t) { gru_rows<I, 1, false, T>(b, r, t); });
   });
 }
 
@@ -275,24 +356,29 @@ template <Isa I, int RB>
 void gru_reset_before_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next && a.scratch != nullptr && a.w2 != nullptr);
   assert(a.w->type == a.w2->type);
-  const int tiles = tiles_of<I>(a.w->h);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
-    for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rb_pass1<I, RB, false, T>(a, r, t); },
-                 [&](int r, int t) { gru_rb_pass1<I, 1, false, T>(a, r, t); });
-    for_rows<RB>(a.n, tiles, [&](int r, int t) { gru_rb_pass2<I, RB, false, T>(a, r, t); },
-                 [&](int r, int t) { gru_rb_pass2<I, 1, false, T>(a, r, t); });
+    for_rows<I, 2, RB, T>(
+        a, *a.w, a.h_prev, a.ld_h,
+        [](const StepArgs& b, int r, int t) { gru_rb_pass1<I, RB, false, T>(b, r, t); },
+        [](const StepArgs& b, int r, int t) { gru_rb_pass1<I, 1, false, T>(b, r, t); });
+    const float* rh = a.scratch + static_cast<std::size_t>(a.n) * a.w->h;
+    for_rows<I, 1, RB, T>(
+        a, *a.w2, rh, static_cast<std::size_t>(a.w->h),
+        [](const StepArgs& b, int r, int t) { gru_rb_pass2<I, RB, false, T>(b, r, t); },
+        [](const StepArgs& b, int r, int t) { gru_rb_pass2<I, 1, false, T>(b, r, t); });
   });
 }
 
 template <Isa I, int RB>
 void rnn_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next);
-  const int tiles = tiles_of<I>(a.w->h);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
-    for_rows<RB>(a.n, tiles, [&](int r, int t) { rnn_rows<I, RB, false, T>(a, r, t); },
-                 [&](int r, int t) { rnn_rows<I, 1, false, T>(a, r, t); });
+    for_rows<I, 1, RB, T>(
+        a, *a.w, a.h_prev, a.ld_h,
+        [](const StepArgs& b, int r, int t) { rnn_rows<I, RB, false, T>(b, r, t); },
+        [](const StepArgs& b, int r, int t) { rnn_rows<I, 1, false, T>(b, r, t); });
   });
 }
 

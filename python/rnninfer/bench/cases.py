@@ -135,7 +135,16 @@ def scaling(threads: Sequence[int] = (1, 2)) -> list[Case]:
     ]
 
 
-SUITES = {"headline": headline, "quick": quick, "grid": grid, "scaling": scaling}
+def kernels(threads: Sequence[int] = (1,)) -> list[Case]:
+    """The single-engine targets: headline, GRU of the same shape at T=128, and the per-call floor."""
+    out = headline(threads)
+    out += [dataclasses.replace(HEADLINE_MODEL, cell="gru", T=128, batch=1, threads=t) for t in threads]
+    # Per-call floor: one LSTM(16) layer, one step, batch 1.
+    out += [Case(hidden=16, layers=1, T=1, batch=1, threads=t, vocab=100, embedding=16) for t in threads]
+    return out
+
+
+SUITES = {"headline": headline, "quick": quick, "grid": grid, "scaling": scaling, "kernels": kernels}
 
 
 def select(suite: str, threads: Iterable[int]) -> list[Case]:

@@ -642,6 +642,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="SPEC §6 headline case (default)")
     suite.add_argument("--quick", dest="suite", action="store_const", const="quick", help="small grid slice")
     suite.add_argument("--grid", dest="suite", action="store_const", const="grid", help="the full grid (slow)")
+    suite.add_argument("--kernels", dest="suite", action="store_const", const="kernels",
+                       help="headline, GRU T=128 and the per-call floor (1 layer, H=16, T=1)")
     suite.add_argument("--scaling", dest="suite", action="store_const", const="scaling",
                        help="thread scaling: layers 1/2/4, bidirectional, batch 1/8/64, T 32/128/512")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
