@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 MODELS = {
-    "lstm256x2 (headline)": dict(layers=2, bidirectional=False),
-    "lstm256x4": dict(layers=4, bidirectional=False),
-    "bi-lstm256x2": dict(layers=2, bidirectional=True),
-    "bi-lstm256x4": dict(layers=4, bidirectional=True),
+    "lstm256x2 (headline)": {"layers": 2, "bidirectional": False},
+    "lstm256x4": {"layers": 4, "bidirectional": False},
+    "bi-lstm256x2": {"layers": 2, "bidirectional": True},
+    "bi-lstm256x4": {"layers": 4, "bidirectional": True},
 }
 
 
@@ -134,8 +134,8 @@ def markdown(res: dict[str, Any]) -> str:
         cells = [f"{rows[1]['span_ms']:.3f}", f"{rows[2]['measured_ms']:.3f} ({rows[2]['measured_speedup']:.2f}x)"]
         cells += [f"{rows[p]['span_ms']:.3f} ({rows[p]['speedup']:.2f}x, {rows[p]['threads_used']})" for p in cores if p > 1]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Projected columns replay the engine's own plan for that many threads with the median "
-              "unit durations measured in a 2-thread run; shared-bandwidth limits are not modelled."]
+    lines += ["", ("Projected columns replay the engine's own plan for that many threads with the median "
+                   "unit durations measured in a 2-thread run; shared-bandwidth limits are not modelled.")]
     return "\n".join(lines) + "\n"
 
 
