@@ -27,6 +27,8 @@ ARCHS = {
                         GlobalAveragePooling(), Dense(1, "sigmoid")],
     "backward_proj": [Features(5), LSTM(9, proj_size=4, go_backwards=True, return_sequences=True),
                       LSTM(8, proj_size=3)],
+    # per-step output: shards must only touch their own sequences' rows
+    "sequence_out": [Features(4), GRU(6, return_sequences=True), LSTM(5, return_sequences=True), Dense(2)],
 }
 
 

@@ -175,10 +175,13 @@ void Engine::check_call(int batch, int steps, const int32_t* lengths) const {
 namespace {
 
 // Sorts the batch by length (longest first, stable) and lays out packed rows.
-void plan_rows(Workspace& ws, int batch, int steps, const int32_t* lengths) {
+void plan_rows(Workspace& ws, const int* subset, int batch, int steps, const int32_t* lengths) {
   ws.batch = batch;
   ws.order.resize(static_cast<size_t>(batch));
-  std::iota(ws.order.begin(), ws.order.end(), 0);
+  if (subset != nullptr)
+    std::copy(subset, subset + batch, ws.order.begin());
+  else
+    std::iota(ws.order.begin(), ws.order.end(), 0);
   std::stable_sort(ws.order.begin(), ws.order.end(),
                    [&](int a, int b) { return lengths[a] > lengths[b]; });
   ws.lengths.resize(static_cast<size_t>(batch));
@@ -254,71 +257,105 @@ Engine::Lease::~Lease() {
 
 void Engine::predict_tokens(const int64_t* tokens, int batch, int steps, const int32_t* lengths,
                             float* out, CallTrace* trace) const {
-  check_call(batch, steps, lengths);
-  Lease lease(*this);
-  Workspace& ws = lease.ws();
-  plan_rows(ws, batch, steps, lengths);
   const int E = desc_.input_width;
-  Call call = begin_call(ws, trace);
-  float* in = ws.stream(0);
-  ws.token.resize(static_cast<size_t>(ws.rows));
-  for (int t = 0; t < ws.steps; ++t) {
-    for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
-      const int b = ws.order[static_cast<size_t>(i)];
-      const int64_t tok = tokens[static_cast<std::size_t>(b) * steps + t];
-      if (tok < 0 || tok >= desc_.vocab_size)
-        throw std::invalid_argument(concat("token id ", tok, " at sequence ", b, ", step ", t,
-                                           " is out of range for the vocabulary [0, ",
-                                           desc_.vocab_size, ")"));
-      const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
-      std::memcpy(in + row * E, embedding_.data() + static_cast<std::size_t>(tok) * E,
-                  static_cast<std::size_t>(E) * sizeof(float));
-      ws.token[static_cast<size_t>(row)] = static_cast<int32_t>(tok);
-      if (desc_.mask_zero && tok == 0) {
-        ws.skip[static_cast<size_t>(row)] = 1;
-        ws.any_skip = true;
-      }
-    }
-  }
-  run(ws, call, out);
-}
-
-void Engine::predict_features(const float* x, int batch, int steps, const int32_t* lengths,
-                              float* out, CallTrace* trace) const {
-  check_call(batch, steps, lengths);
-  Lease lease(*this);
-  Workspace& ws = lease.ws();
-  plan_rows(ws, batch, steps, lengths);
-  const int F = desc_.input_width;
-  Call call = begin_call(ws, trace);
-  float* in = ws.stream(0);
-  for (int t = 0; t < ws.steps; ++t) {
-    for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
-      const int b = ws.order[static_cast<size_t>(i)];
-      const float* src = x + (static_cast<std::size_t>(b) * steps + t) * F;
-      const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
-      std::memcpy(in + row * F, src, static_cast<std::size_t>(F) * sizeof(float));
-      if (desc_.has_mask_value) {
-        bool all = true;
-        for (int f = 0; f < F && all; ++f) all = src[f] == desc_.mask_value;
-        if (all) {
+  execute(batch, steps, lengths, out, trace, [&](Workspace& ws, float* in) {
+    ws.token.resize(static_cast<size_t>(ws.rows));
+    for (int t = 0; t < ws.steps; ++t) {
+      for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
+        const int b = ws.order[static_cast<size_t>(i)];
+        const int64_t tok = tokens[static_cast<std::size_t>(b) * steps + t];
+        if (tok < 0 || tok >= desc_.vocab_size)
+          throw std::invalid_argument(concat("token id ", tok, " at sequence ", b, ", step ", t,
+                                             " is out of range for the vocabulary [0, ",
+                                             desc_.vocab_size, ")"));
+        const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
+        std::memcpy(in + row * E, embedding_.data() + static_cast<std::size_t>(tok) * E,
+                    static_cast<std::size_t>(E) * sizeof(float));
+        ws.token[static_cast<size_t>(row)] = static_cast<int32_t>(tok);
+        if (desc_.mask_zero && tok == 0) {
           ws.skip[static_cast<size_t>(row)] = 1;
           ws.any_skip = true;
         }
       }
     }
-  }
-  run(ws, call, out);
+  });
 }
 
-Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace) const {
-  Call call;
-  ws.trace = trace != nullptr ? &trace->records : nullptr;
+void Engine::predict_features(const float* x, int batch, int steps, const int32_t* lengths,
+                              float* out, CallTrace* trace) const {
+  const int F = desc_.input_width;
+  execute(batch, steps, lengths, out, trace, [&](Workspace& ws, float* in) {
+    for (int t = 0; t < ws.steps; ++t) {
+      for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
+        const int b = ws.order[static_cast<size_t>(i)];
+        const float* src = x + (static_cast<std::size_t>(b) * steps + t) * F;
+        const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
+        std::memcpy(in + row * F, src, static_cast<std::size_t>(F) * sizeof(float));
+        if (desc_.has_mask_value) {
+          bool all = true;
+          for (int f = 0; f < F && all; ++f) all = src[f] == desc_.mask_value;
+          if (all) {
+            ws.skip[static_cast<size_t>(row)] = 1;
+            ws.any_skip = true;
+          }
+        }
+      }
+    }
+  });
+}
+
+void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, CallTrace* trace,
+                     const std::function<void(Workspace&, float*)>& fill) const {
+  check_call(batch, steps, lengths);
+  std::unique_lock<std::mutex> pool_lock;
   int threads = 1;
   if (pool_) {
-    call.pool_lock = pool_->try_lock();
-    if (call.pool_lock.owns_lock()) threads = pool_->size();
+    pool_lock = pool_->try_lock();
+    if (pool_lock.owns_lock()) threads = pool_->size();
   }
+  auto run_subset = [&](const int* subset, int n, CallTrace* tr, std::unique_lock<std::mutex> lock) {
+    Lease lease(*this);
+    Workspace& ws = lease.ws();
+    plan_rows(ws, subset, n, steps, lengths);
+    Call call = begin_call(ws, tr, std::move(lock));
+    fill(ws, ws.stream(0));
+    run(ws, call, out);
+  };
+  if (threads > 1 && batch >= 2 * threads && trace == nullptr) {
+    // Enough sequences: each thread takes a shard of the batch (balanced by
+    // total steps) through the whole model as an independent sub-call, with
+    // its own workspace: no hand-offs, and every block of a shard is one
+    // contiguous gemm. A sequence's result does not depend on its shard.
+    std::vector<int> sorted(static_cast<size_t>(batch));
+    std::iota(sorted.begin(), sorted.end(), 0);
+    std::stable_sort(sorted.begin(), sorted.end(), [&](int a, int b) { return lengths[a] > lengths[b]; });
+    std::vector<int> sorted_lengths(static_cast<size_t>(batch));
+    for (int i = 0; i < batch; ++i) sorted_lengths[static_cast<size_t>(i)] = lengths[sorted[static_cast<size_t>(i)]];
+    const std::vector<int> bounds = split_batch(sorted_lengths, threads);
+    const int shards = static_cast<int>(bounds.size()) - 1;
+    std::exception_ptr error;
+    std::mutex error_mu;
+    pool_->run([&](int tid) {
+      if (tid >= shards) return;
+      try {
+        const int b0 = bounds[static_cast<size_t>(tid)], b1 = bounds[static_cast<size_t>(tid) + 1];
+        run_subset(sorted.data() + b0, b1 - b0, nullptr, {});
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+      }
+    });
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+  run_subset(nullptr, batch, trace, std::move(pool_lock));
+}
+
+Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_lock<std::mutex> pool_lock) const {
+  Call call;
+  ws.trace = trace != nullptr ? &trace->records : nullptr;
+  call.pool_lock = std::move(pool_lock);
+  const int threads = call.pool_lock.owns_lock() ? pool_->size() : 1;
   call.plan = make_plan(desc_, ws.steps, ws.lengths, threads,
                         !layers_.empty() && layers_[0].dirs[0].token_proj.size() != 0);
   if (call.plan.threads == 1 && call.pool_lock.owns_lock()) call.pool_lock.unlock();
@@ -660,7 +697,9 @@ void Engine::readout_and_head(Workspace& ws, float* out) const {
               static_cast<int>(rows), W);
     dense_head(ws, za.data(), static_cast<int>(rows), zb.data());
     const std::size_t T = static_cast<std::size_t>(ws.width);
-    std::memset(out, 0, static_cast<std::size_t>(B) * T * OW * sizeof(float));
+    for (int i = 0; i < B; ++i)  // only this call's sequences: shards share `out`
+      std::memset(out + static_cast<std::size_t>(ws.order[static_cast<size_t>(i)]) * T * OW, 0,
+                  T * OW * sizeof(float));
     for (int t = 0; t < ws.steps; ++t)
       for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
         const int64_t row = ws.offset[static_cast<size_t>(t)] + i;

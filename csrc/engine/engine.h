@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -109,7 +110,9 @@ class Engine {
 
   void check_call(int batch, int steps, const int32_t* lengths) const;
   void assign_slots(Workspace& ws, bool reuse) const;
-  Call begin_call(Workspace& ws, CallTrace* trace) const;
+  Call begin_call(Workspace& ws, CallTrace* trace, std::unique_lock<std::mutex> pool_lock) const;
+  void execute(int batch, int steps, const int32_t* lengths, float* out, CallTrace* trace,
+               const std::function<void(Workspace&, float*)>& fill) const;
   void run(Workspace& ws, Call& call, float* out) const;
   void run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
   void timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const;

@@ -12,9 +12,6 @@ bool needs_finish(const LayerDesc& layer) {
   return (layer.dirs() == 2 && layer.merge != Merge::kConcat) || layer.residual_from != kNoResidual;
 }
 
-namespace {
-
-// Batch shards with balanced work (sum of lengths), contiguous in sorted order.
 std::vector<int> split_batch(const std::vector<int>& lengths, int shards) {
   const int B = static_cast<int>(lengths.size());
   std::vector<int> begin{0};
@@ -28,28 +25,22 @@ std::vector<int> split_batch(const std::vector<int>& lengths, int shards) {
   return begin;
 }
 
-}  // namespace
-
 Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads,
                bool gather_first) {
   Plan plan;
   const int B = static_cast<int>(lengths.size());
   const int L = static_cast<int>(desc.layers.size());
   plan.threads = std::max(1, threads);
-  // Enough sequences: every thread takes a shard of the batch through the
-  // whole stack (no cross-thread hand-offs at all). Few sequences: threads
-  // split the stack instead (layers as a wavefront, directions in parallel).
-  const bool shard_mode = plan.threads > 1 && B >= 2 * plan.threads;
-  if (!shard_mode) {
-    // Threads split the stack: (layer + direction) % threads; a thread with
-    // nothing to do is not woken at all (one forward layer runs alone).
-    int needed = 1;
-    for (int l = 0; l < L; ++l) needed = std::max(needed, l + desc.layers[static_cast<size_t>(l)].dirs());
-    plan.threads = std::min(plan.threads, needed);
-  }
-  const int shards = shard_mode ? plan.threads : 1;
-  plan.shard_begin = split_batch(lengths, shards);
-  plan.wavefront = plan.threads > 1 && !shard_mode;
+  // Threads split the stack: (layer + direction) % threads; a thread with
+  // nothing to do is not woken at all (one forward layer runs alone). Large
+  // batches never get here with several threads: the engine runs them as
+  // independent single-threaded sub-calls over batch shards.
+  int needed = 1;
+  for (int l = 0; l < L; ++l) needed = std::max(needed, l + desc.layers[static_cast<size_t>(l)].dirs());
+  plan.threads = std::min(plan.threads, needed);
+  const int shards = 1;
+  plan.shard_begin = {0, B};
+  plan.wavefront = plan.threads > 1;
   // A wavefront fills and drains one block per layer boundary: smaller blocks
   // there, while each block still amortises its gemm over several steps.
   plan.block_steps = plan.wavefront ? std::max(4, std::min(kTimeBlock, steps / 12)) : kTimeBlock;
@@ -98,7 +89,7 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
           u.block = rev ? NB - 1 - k : k;
           u.first = k == 0;
           u.shard = s;
-          u.thread = shard_mode ? s : (l + d) % plan.threads;
+          u.thread = (l + d) % plan.threads;
           add(std::move(u));
         }
       }
@@ -130,7 +121,7 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
           u.layer = l;
           u.block = k;
           u.shard = s;
-          u.thread = shard_mode ? s : (l + layer.dirs() - 1) % plan.threads;
+          u.thread = (l + layer.dirs() - 1) % plan.threads;
           add(std::move(u));
         }
     }

@@ -65,6 +65,10 @@ constexpr int kTimeBlock = 16;
 Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads,
                bool gather_first);
 
+// Batch shards with balanced work (sum of lengths), contiguous in the given
+// (longest-first) order: shards + 1 boundaries.
+std::vector<int> split_batch(const std::vector<int>& lengths, int shards);
+
 // Whether layer l needs kFinish units (merge of two directions, or residual).
 bool needs_finish(const LayerDesc& layer);
 
