@@ -141,13 +141,26 @@ class PyEngine {
     return out;
   }
 
-  py::array_t<float> predict_tokens(const TokenArray& tokens, const IntArray& lengths) const {
+  // lengths None: every row is full length (a padded array without lengths).
+  py::array_t<float> predict_tokens(const TokenArray& tokens, const py::object& lengths_obj) const {
     if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be a 2-D (batch, steps) array");
     const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
-    check_lengths(lengths, B);
+    if (B == 0) throw std::invalid_argument("empty batch: no sequences to run");
+    if (T == 0) throw std::invalid_argument("zero-length sequence: token array has no steps");
+    std::vector<int32_t> full;
+    IntArray lengths;
+    const int32_t* lp;
+    if (lengths_obj.is_none()) {
+      full.assign(static_cast<size_t>(B), T);
+      lp = full.data();
+    } else {
+      lengths = IntArray::ensure(lengths_obj);
+      if (!lengths) throw std::invalid_argument("lengths must be an integer array");
+      check_lengths(lengths, B);
+      lp = lengths.data();
+    }
     py::array_t<float> out = alloc_out(B, T);
     const int64_t* tp = tokens.data();
-    const int32_t* lp = lengths.data();
     float* op = out.mutable_data();
     {
       // Pure C++ from here: no Python object is touched until the guard ends.
@@ -241,7 +254,7 @@ void register_engine(py::module_& m) {
   py::class_<PyEngine>(m, "Engine")
       .def(py::init<const py::dict&, const py::dict&, int, const std::string&>(), py::arg("desc"),
            py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "")
-      .def("predict_tokens", &PyEngine::predict_tokens, py::arg("tokens"), py::arg("lengths"))
+      .def("predict_tokens", &PyEngine::predict_tokens, py::arg("tokens"), py::arg("lengths") = py::none())
       .def("predict_token_list", &PyEngine::predict_token_list, py::arg("tokens"))
       .def("predict_token_seq", &PyEngine::predict_token_seq, py::arg("tokens"))
       .def("trace_tokens", &PyEngine::trace_tokens, py::arg("tokens"), py::arg("lengths"))

@@ -356,11 +356,18 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
   ws.trace = trace != nullptr ? &trace->records : nullptr;
   call.pool_lock = std::move(pool_lock);
   const int threads = call.pool_lock.owns_lock() ? pool_->size() : 1;
-  call.plan = make_plan(desc_, ws.steps, ws.lengths, threads,
+  if (ws.plan_steps != ws.steps || ws.plan_batch != ws.batch || ws.plan_threads != threads) {
+    ws.plan = make_plan(desc_, ws.steps, ws.lengths, threads,
                         !layers_.empty() && layers_[0].dirs[0].token_proj.size() != 0);
-  if (call.plan.threads == 1 && call.pool_lock.owns_lock()) call.pool_lock.unlock();
-  assign_slots(ws, call.plan.threads == 1);
-  if (trace != nullptr) trace->plan = call.plan;
+    ws.plan_steps = ws.steps;
+    ws.plan_batch = ws.batch;
+    ws.plan_threads = threads;
+  }
+  call.plan = &ws.plan;
+  const Plan& plan = ws.plan;
+  if (plan.threads == 1 && call.pool_lock.owns_lock()) call.pool_lock.unlock();
+  assign_slots(ws, plan.threads == 1);
+  if (trace != nullptr) trace->plan = plan;
 
   std::size_t max_h = 1, max_p = 1, max_gh = 1;
   for (const LayerDesc& L : desc_.layers) {
@@ -381,7 +388,7 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
     }
     if (L.dirs() == 2 && L.merge != Merge::kConcat)
       ws.merge_tmp.ensure(static_cast<std::size_t>(ws.rows) * max_p);
-    if (call.plan.projected[l]) {
+    if (plan.projected[l]) {
       ws.proj.resize(2 * desc_.layers.size());
       for (int d = 0; d < L.dirs(); ++d)
         ws.proj[2 * l + static_cast<size_t>(d)].ensure(static_cast<std::size_t>(ws.rows) * L.gates() * L.units);
@@ -390,12 +397,12 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
   for (int d = 0; d < desc_.layers.back().dirs(); ++d) ws.final_state[d].ensure(B * max_p);
   // Largest row count one unit projects at once: a block of steps of one shard.
   int max_shard = 0;
-  for (int s = 0; s < call.plan.shards(); ++s)
-    max_shard = std::max(max_shard, call.plan.shard_begin[static_cast<size_t>(s) + 1] -
-                                        call.plan.shard_begin[static_cast<size_t>(s)]);
-  ws.scratch.resize(static_cast<size_t>(call.plan.threads));
+  for (int s = 0; s < plan.shards(); ++s)
+    max_shard = std::max(max_shard, plan.shard_begin[static_cast<size_t>(s) + 1] -
+                                        plan.shard_begin[static_cast<size_t>(s)]);
+  ws.scratch.resize(static_cast<size_t>(plan.threads));
   for (Workspace::Scratch& sc : ws.scratch) {
-    sc.xproj.ensure(static_cast<std::size_t>(call.plan.block_steps) * max_shard * max_gh);
+    sc.xproj.ensure(static_cast<std::size_t>(plan.block_steps) * max_shard * max_gh);
     sc.m.ensure(B * max_h);
     sc.gru.ensure(2 * B * max_h);
     sc.partial.ensure(B * kPartialFloatsPerRow);
@@ -404,7 +411,7 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
 }
 
 void Engine::run(Workspace& ws, Call& call, float* out) const {
-  const Plan& plan = call.plan;
+  const Plan& plan = *call.plan;
   if (plan.threads == 1) {
     for (int i : plan.per_thread[0]) timed_unit(ws, plan, i, 0);
   } else {

@@ -96,7 +96,7 @@ class Engine {
 
   // One call's plan, holding the thread pool if this call got it.
   struct Call {
-    Plan plan;
+    const Plan* plan = nullptr;  // owned by the workspace
     std::unique_lock<std::mutex> pool_lock;
   };
   // Spins on a dependency before yielding the core: a block hand-off is

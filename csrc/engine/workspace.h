@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/aligned.h"
+#include "engine/scheduler.h"
 
 namespace rnninfer {
 
@@ -67,6 +68,12 @@ struct Workspace {
     int64_t start_ns, end_ns;
   };
   std::vector<TraceRecord>* trace = nullptr;
+
+  // The last plan made with this workspace: a plan depends only on the
+  // longest length, the batch size and the thread count, and services call
+  // with the same shapes again and again.
+  Plan plan;
+  int plan_steps = -1, plan_batch = -1, plan_threads = -1;
 };
 
 }  // namespace rnninfer

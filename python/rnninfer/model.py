@@ -226,6 +226,10 @@ class Model:
             if (lengths is None and type(x) is np.ndarray and x.ndim == 1 and x.size
                     and x.dtype.kind in "iu" and x.dtype != np.uint64):
                 return self._engine.predict_token_seq(x)  # type: ignore[no-any-return]
+            if (lengths is None and type(x) is np.ndarray and x.ndim == 2 and x.size
+                    and x.dtype.kind in "iu" and x.dtype != np.uint64):
+                # A padded batch at full length: ids are range-checked as the engine reads them.
+                return self._engine.predict_tokens(x)  # type: ignore[no-any-return]
             data, lens, single = _prepare_tokens(x, lengths, self._vocab)
             out = self._engine.predict_tokens(data, lens)
         else:
