@@ -29,6 +29,11 @@ ARCHS = {
                       LSTM(8, proj_size=3)],
     # per-step output: shards must only touch their own sequences' rows
     "sequence_out": [Features(4), GRU(6, return_sequences=True), LSTM(5, return_sequences=True), Dense(2)],
+    # widths that let threads split every layer's hidden units (split plans)
+    "split64": [Embedding(50, 8, mask_zero=True), LSTM(64, return_sequences=True),
+                GRU(64, return_sequences=True, residual=True), RNN(64, go_backwards=True), Dense(2)],
+    "split128": [Features(5), LSTM(128, return_sequences=True), GRU(128, return_sequences=True),
+                 GlobalAveragePooling(), Dense(1, "sigmoid")],
 }
 
 
@@ -46,6 +51,23 @@ def test_thread_counts_agree_bitwise(arch, batch, rng):
     for threads in (2, 3, 4):
         got = _model(layers, threads).predict(list(xs))
         assert np.array_equal(got, want), (arch, batch, threads)
+
+
+@pytest.mark.parametrize(("arch", "threads"), [("split64", 2), ("split128", 2), ("split128", 4)])
+def test_split_plans_are_used_and_exact(arch, threads, rng):
+    """Threads splitting hidden units: the plan is really used, and bits match one thread."""
+    layers = ARCHS[arch]
+    one, many = _model(layers, 1), _model(layers, threads)
+    if one.spec.input.kind == "tokens":
+        # The first call of a fresh model (later calls may back off to other
+        # plans if a barrier waited long on this shared machine; bits agree anyway).
+        x = rng.integers(1, 50, size=70)
+        out, plan, _, _ = many._engine.trace_tokens(x[None, :], np.array([70], np.int32))
+        assert plan["split"] == threads
+        assert np.array_equal(out[0], one.predict(x))
+    for T in (1, 5, 40, 130):
+        x = random_inputs(one, rng, 1, max_len=T, zero_frac=0.2)[0]
+        assert np.array_equal(many.predict(x), one.predict(x))
 
 
 def test_single_sequence_lengths_around_block_edges(rng):

@@ -227,6 +227,7 @@ class PyEngine {
     plan["blocks"] = trace.plan.blocks;
     plan["shards"] = trace.plan.shards();
     plan["wavefront"] = trace.plan.wavefront;
+    plan["split"] = trace.plan.split;
     return py::make_tuple(out, plan, units, records);
   }
 

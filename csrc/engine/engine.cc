@@ -363,12 +363,19 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
   ws.trace = trace != nullptr ? &trace->records : nullptr;
   call.pool_lock = std::move(pool_lock);
   const int threads = call.pool_lock.owns_lock() ? pool_->size() : 1;
-  if (ws.plan_steps != ws.steps || ws.plan_batch != ws.batch || ws.plan_threads != threads) {
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  const bool may_split = now >= split_backoff_until_ns_.load(std::memory_order_relaxed);
+  if (ws.plan_steps != ws.steps || ws.plan_batch != ws.batch || ws.plan_threads != threads ||
+      ws.plan_may_split != may_split) {
+    // Split plans need unit slices aligned to gemm panels (and 0 disables them).
     ws.plan = make_plan(desc_, ws.steps, ws.lengths, threads,
-                        !layers_.empty() && layers_[0].dirs[0].token_proj.size() != 0);
+                        !layers_.empty() && layers_[0].dirs[0].token_proj.size() != 0,
+                        may_split ? kernels_->gemm_nr : 0);
     ws.plan_steps = ws.steps;
     ws.plan_batch = ws.batch;
     ws.plan_threads = threads;
+    ws.plan_may_split = may_split;
   }
   call.plan = &ws.plan;
   const Plan& plan = ws.plan;
@@ -421,6 +428,8 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
   const Plan& plan = *call.plan;
   if (plan.threads == 1) {
     for (int i : plan.per_thread[0]) timed_unit(ws, plan, i, 0);
+  } else if (plan.split > 1) {
+    run_split(ws, plan);
   } else {
     // Units hand rows to each other through `done` flags. A thread runs a
     // unit only after claiming it, so each unit runs exactly once, and which
@@ -487,6 +496,53 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
   readout_and_head(ws, out);
 }
 
+void Engine::run_split(Workspace& ws, const Plan& plan) const {
+  // Every thread must take part in every step, so the call starts only once
+  // all have joined. A worker that does not show up within kJoinWait (its
+  // core descheduled) makes the caller run the plan alone; the late worker
+  // then sees the decision and leaves.
+  const int n = plan.split;
+  std::atomic<int> joined{0};
+  std::atomic<int> mode{0};  // 0 gathering, 1 split, 2 caller alone
+  StepBarrier barrier(n);
+  pool_->run([&](int tid) {
+    if (tid >= n) return;
+    joined.fetch_add(1, std::memory_order_acq_rel);
+    if (tid == 0) {
+      const auto until = std::chrono::steady_clock::now() + kJoinWait;
+      while (joined.load(std::memory_order_acquire) < n && std::chrono::steady_clock::now() < until)
+        cpu_relax();
+      int expected = 0;
+      mode.compare_exchange_strong(expected, joined.load(std::memory_order_acquire) == n ? 1 : 2);
+    }
+    int m;
+    while ((m = mode.load(std::memory_order_acquire)) == 0) cpu_relax();
+    if (m == 2) {
+      if (tid == 0)
+        for (int i : plan.per_thread[0]) timed_unit(ws, plan, i, 0);
+      return;
+    }
+    const Slice slice{tid, n, &barrier};
+    for (size_t i = 0; i < plan.units.size(); ++i) {
+      const Unit& u = plan.units[i];
+      barrier.wait();  // the rows a unit reads were written by every thread
+      if (u.kind == Unit::Kind::kDirection)
+        run_direction(ws, plan, u, tid, &slice);
+      else if (tid == 0)
+        run_unit(ws, plan, u, 0);
+    }
+    barrier.wait();
+  });
+  if (barrier.slow()) {
+    // A thread was kept waiting at a step barrier (another process holds a
+    // core): per-step hand-offs are then slow, so calls use block hand-offs
+    // (the wavefront) for a while. Only speed changes, never results.
+    const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::steady_clock::now().time_since_epoch()).count();
+    split_backoff_until_ns_.store(now + kSplitBackoff.count(), std::memory_order_relaxed);
+  }
+}
+
 void Engine::timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const {
   const Unit& u = plan.units[static_cast<size_t>(index)];
   if (ws.trace == nullptr) return run_unit(ws, plan, u, tid);
@@ -505,7 +561,7 @@ void Engine::run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) c
     case Unit::Kind::kProject:
       return project_block(ws, plan, u);
     case Unit::Kind::kDirection:
-      return run_direction(ws, plan, u, tid);
+      return run_direction(ws, plan, u, tid, nullptr);
   }
 }
 
@@ -524,7 +580,8 @@ void Engine::project_block(Workspace& ws, const Plan& plan, const Unit& u) const
                  static_cast<std::size_t>(GH));
 }
 
-void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid) const {
+void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid,
+                           const Slice* slice) const {
   const LayerDesc& L = desc_.layers[static_cast<size_t>(u.layer)];
   const DirWeights& dw = layers_[static_cast<size_t>(u.layer)].dirs[static_cast<size_t>(u.dir)];
   Workspace::State& st = ws.state[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)];
@@ -536,14 +593,26 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
   const int t_begin = plan.block_begin[static_cast<size_t>(u.block)];
   const int t_end = plan.block_begin[static_cast<size_t>(u.block) + 1];
   const bool top = u.layer + 1 == static_cast<int>(desc_.layers.size());
+  // Hidden units this thread computes: all, or its slice of a split plan
+  // (whose layers have no projection, so P == H, and align with gemm panels).
+  const int u0 = slice != nullptr ? H / slice->count * slice->index : 0;
+  const int u1 = slice != nullptr ? u0 + H / slice->count : H;
+  const std::size_t slice_bytes = static_cast<std::size_t>(u1 - u0) * sizeof(float);
 
   if (u.first) {
     // Sequences start from a zero state. Rows that join later (backward
     // direction, shorter sequences) are still zero when they join, because a
     // row is only written while it is active.
     for (int k = 0; k < 2; ++k) {
-      std::memset(st.h[k].data() + s0 * P, 0, static_cast<std::size_t>(s1 - s0) * P * sizeof(float));
-      std::memset(st.c[k].data() + s0 * H, 0, static_cast<std::size_t>(s1 - s0) * H * sizeof(float));
+      if (slice == nullptr) {
+        std::memset(st.h[k].data() + s0 * P, 0, static_cast<std::size_t>(s1 - s0) * P * sizeof(float));
+        std::memset(st.c[k].data() + s0 * H, 0, static_cast<std::size_t>(s1 - s0) * H * sizeof(float));
+      } else {
+        for (int r = s0; r < s1; ++r) {
+          std::memset(st.h[k].data() + r * P + u0, 0, slice_bytes);
+          std::memset(st.c[k].data() + r * H + u0, 0, slice_bytes);
+        }
+      }
     }
   }
 
@@ -563,11 +632,23 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
       const int64_t first = ws.offset[static_cast<size_t>(t)] + s0;
       float* step_dst = whole ? sc.xproj.data() + (ws.offset[static_cast<size_t>(t)] - r0) * GH
                               : dst + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH;
-      for (int i = 0; i < n; ++i)
-        std::memcpy(step_dst + static_cast<std::size_t>(i) * GH,
-                    dw.token_proj.data() + static_cast<std::size_t>(ws.token[static_cast<size_t>(first + i)]) * GH,
-                    bytes);
+      for (int i = 0; i < n; ++i) {
+        const float* src =
+            dw.token_proj.data() + static_cast<std::size_t>(ws.token[static_cast<size_t>(first + i)]) * GH;
+        if (slice == nullptr) {
+          std::memcpy(step_dst + static_cast<std::size_t>(i) * GH, src, bytes);
+        } else {
+          for (int g = 0; g < L.gates(); ++g)
+            std::memcpy(step_dst + static_cast<std::size_t>(i) * GH + g * H + u0, src + g * H + u0, slice_bytes);
+        }
+      }
     }
+  } else if (whole && slice != nullptr) {
+    // This slice's columns of every gate block.
+    for (int g = 0; g < L.gates(); ++g)
+      kernels_->gemm(gemm_columns(dw.wx.view, g * H + u0, u1 - u0), in + r0 * in_w,
+                     static_cast<std::size_t>(in_w), static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0),
+                     sc.xproj.data() + g * H + u0, static_cast<std::size_t>(GH));
   } else if (whole) {
     kernels_->gemm(dw.wx.view, in + r0 * in_w, static_cast<std::size_t>(in_w),
                    static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0), sc.xproj.data(),
@@ -604,12 +685,15 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
   a.partial = sc.partial.data();
   a.act = L.act;
   a.ract = L.ract;
+  a.tile_begin = u0 / kernels_->rec_tile;
+  a.tile_end = slice != nullptr ? u1 / kernels_->rec_tile : -1;
   const bool proj = L.proj_size > 0;
 
   for (int s = 0; s < t_end - t_begin; ++s) {
     const int t = u.reverse ? t_end - 1 - s : t_begin + s;
     const int hi = std::min(s1, ws.active[static_cast<size_t>(t)]);
     const int n = hi - s0;
+    if (slice != nullptr) slice->barrier->wait();  // every slice of the previous step is written
     if (n <= 0) continue;
     const int done_before = u.reverse ? ws.steps - 1 - t : t;  // steps this direction ran before t
     const int par = done_before & 1;
@@ -658,17 +742,26 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
       // A masked step keeps the state and outputs zeros (docs/format.md).
       for (int i = 0; i < n; ++i) {
         if (!ws.skip[static_cast<size_t>(row0 + i)]) continue;
-        std::memcpy(h_next + i * P, h_prev + i * P, static_cast<std::size_t>(P) * sizeof(float));
-        std::memcpy(c_next + i * H, c_prev + i * H, static_cast<std::size_t>(H) * sizeof(float));
-        std::memset(y + i * static_cast<int64_t>(ld_y), 0, static_cast<std::size_t>(P) * sizeof(float));
+        if (slice == nullptr) {
+          std::memcpy(h_next + i * P, h_prev + i * P, static_cast<std::size_t>(P) * sizeof(float));
+          std::memcpy(c_next + i * H, c_prev + i * H, static_cast<std::size_t>(H) * sizeof(float));
+          std::memset(y + i * static_cast<int64_t>(ld_y), 0, static_cast<std::size_t>(P) * sizeof(float));
+        } else {
+          std::memcpy(h_next + i * P + u0, h_prev + i * P + u0, slice_bytes);
+          std::memcpy(c_next + i * H + u0, c_prev + i * H + u0, slice_bytes);
+          std::memset(y + i * static_cast<int64_t>(ld_y) + u0, 0, slice_bytes);
+        }
       }
     }
     if (top) {
       // Sequences whose reading ends at this step keep their final state.
       const int from = u.reverse ? (t == 0 ? s0 : hi) : std::max(s0, ws.active[static_cast<size_t>(t) + 1]);
+      const int col = slice != nullptr ? u0 : 0;
+      const int width = slice != nullptr ? u1 - u0 : P;
       if (from < hi)
-        copy_rows(h_next + (from - s0) * P, static_cast<std::size_t>(P),
-                  ws.final_state[u.dir].data() + from * P, static_cast<std::size_t>(P), hi - from, P);
+        copy_rows(h_next + (from - s0) * P + col, static_cast<std::size_t>(P),
+                  ws.final_state[u.dir].data() + from * P + col, static_cast<std::size_t>(P), hi - from,
+                  width);
     }
   }
 }

@@ -4,6 +4,7 @@
 // in a Workspace of its own, and so may run from many threads at once.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -116,7 +117,18 @@ class Engine {
   void run(Workspace& ws, Call& call, float* out) const;
   void run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
   void timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const;
-  void run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
+  // One thread's share of a split plan: hidden units [H*index/count, H*(index+1)/count).
+  struct Slice {
+    int index, count;
+    StepBarrier* barrier;
+  };
+  // How long a split call waits for its threads to join before running alone.
+  static constexpr std::chrono::microseconds kJoinWait{100};
+  // After a split call was held up at a step barrier, calls avoid split plans this long.
+  static constexpr std::chrono::nanoseconds kSplitBackoff{std::chrono::seconds(2)};
+
+  void run_split(Workspace& ws, const Plan& plan) const;
+  void run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid, const Slice* slice) const;
   void finish_block(Workspace& ws, const Plan& plan, const Unit& u) const;
   void project_block(Workspace& ws, const Plan& plan, const Unit& u) const;
   void readout_and_head(Workspace& ws, float* out) const;
@@ -131,6 +143,8 @@ class Engine {
   int max_head_width_ = 0;
   int max_width_p_ = 0;
   std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers; nullptr for one thread
+  // Scheduling hint only (never affects results): until when split plans are avoided.
+  mutable std::atomic<int64_t> split_backoff_until_ns_{0};
   mutable std::mutex spare_mu_;
   mutable std::mutex trace_mu_;  // only taken when a call is traced
   mutable std::vector<std::unique_ptr<Workspace>> spare_;  // workspaces kept for reuse

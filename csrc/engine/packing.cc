@@ -125,4 +125,16 @@ void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, i
   out->view.tile = tile;
 }
 
+PackedGemm gemm_columns(const PackedGemm& w, int col0, int ncols) {
+  PackedGemm v = w;
+  const std::size_t skip = static_cast<std::size_t>(col0 / w.nr) * w.k * w.nr;
+  if (v.data != nullptr) v.data += skip;
+  if (v.bf16 != nullptr) v.bf16 += skip;
+  if (v.i8 != nullptr) v.i8 += skip;
+  if (v.bias != nullptr) v.bias += col0;
+  if (v.scale != nullptr) v.scale += col0;
+  v.n = ncols;
+  return v;
+}
+
 }  // namespace rnninfer

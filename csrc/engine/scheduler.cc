@@ -26,7 +26,7 @@ std::vector<int> split_batch(const std::vector<int>& lengths, int shards) {
 }
 
 Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads,
-               bool gather_first) {
+               bool gather_first, int split_align) {
   Plan plan;
   const int B = static_cast<int>(lengths.size());
   const int L = static_cast<int>(desc.layers.size());
@@ -37,10 +37,25 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
   // independent single-threaded sub-calls over batch shards.
   int needed = 1;
   for (int l = 0; l < L; ++l) needed = std::max(needed, l + desc.layers[static_cast<size_t>(l)].dirs());
-  plan.threads = std::min(plan.threads, needed);
+  // Forward/backward stacks at small batch: split every layer's hidden units
+  // among the threads (each keeps its slice of the recurrent weights in its
+  // own cache; one barrier per step) rather than a wavefront, whose threads
+  // stream whole layers from the shared cache. Needs unit slices that align
+  // with the gemm panels, and cells whose step needs no other slice's values
+  // mid-step (no LSTM projection, no GRU reset-before).
+  bool split = plan.threads > 1 && split_align > 0;
+  for (const LayerDesc& layer : desc.layers)
+    split = split && layer.dirs() == 1 && layer.proj_size == 0 &&
+            !(layer.cell == Cell::kGru && !layer.reset_after) &&
+            layer.units % (split_align * plan.threads) == 0;
+  if (split) {
+    plan.split = plan.threads;
+    needed = 1;
+  }
+  plan.threads = std::min(plan.threads, std::max(needed, plan.split));
   const int shards = 1;
   plan.shard_begin = {0, B};
-  plan.wavefront = plan.threads > 1;
+  plan.wavefront = plan.threads > 1 && plan.split == 1;
   // A wavefront fills and drains one block per layer boundary: smaller blocks
   // there, while each block still amortises its gemm over several steps.
   plan.block_steps = plan.wavefront ? std::max(4, std::min(kTimeBlock, steps / 12)) : kTimeBlock;
@@ -89,7 +104,7 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
           u.block = rev ? NB - 1 - k : k;
           u.first = k == 0;
           u.shard = s;
-          u.thread = (l + d) % plan.threads;
+          u.thread = plan.split > 1 ? 0 : (l + d) % plan.threads;
           add(std::move(u));
         }
       }
@@ -121,7 +136,7 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
           u.layer = l;
           u.block = k;
           u.shard = s;
-          u.thread = (l + layer.dirs() - 1) % plan.threads;
+          u.thread = plan.split > 1 ? 0 : (l + layer.dirs() - 1) % plan.threads;
           add(std::move(u));
         }
     }

@@ -50,6 +50,9 @@ struct Plan {
   std::vector<Unit> units;       // in global topological order
   std::vector<std::vector<int>> per_thread;  // unit indices, each in global order
   bool wavefront = false;
+  // > 1: every unit is run by this many threads together, each on its own
+  // slice of the layer's hidden units, meeting at a barrier every step.
+  int split = 1;
   std::vector<bool> projected;  // per layer: its input projections are kProject units
 
   int shards() const { return static_cast<int>(shard_begin.size()) - 1; }
@@ -62,8 +65,10 @@ constexpr int kTimeBlock = 16;
 // Plans a call. `lengths` are the sequence lengths sorted longest first;
 // `threads` the threads available for this call.
 // `gather_first`: the first layer's projections are table lookups, not a gemm.
+// `split_align`: hidden units per thread must be a multiple of this (the gemm
+// panel width) for threads to split layers' units among them.
 Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads,
-               bool gather_first);
+               bool gather_first, int split_align);
 
 // Batch shards with balanced work (sum of lengths), contiguous in the given
 // (longest-first) order: shards + 1 boundaries.

@@ -65,4 +65,39 @@ inline void cpu_relax() {
 #endif
 }
 
+// A reusable barrier for a fixed group of threads that meet many times in a
+// row (once per step): spins, then yields; never sleeps, since the other
+// threads are a few microseconds away.
+class StepBarrier {
+ public:
+  explicit StepBarrier(int n) : n_(n) {}
+  void wait() {
+    const int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spin = 0; gen_.load(std::memory_order_acquire) == gen; ++spin) {
+      if (spin < kSpins) {
+        cpu_relax();
+      } else {
+        // Past the spin budget another thread is likely descheduled: note it
+        // (the engine then stops splitting steps for a while) and yield.
+        slow_.store(true, std::memory_order_relaxed);
+        std::this_thread::yield();
+      }
+    }
+  }
+  // True if some wait outlasted the spin budget.
+  bool slow() const { return slow_.load(std::memory_order_relaxed); }
+
+ private:
+  static constexpr int kSpins = 20000;
+  std::atomic<bool> slow_{false};
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> gen_{0};
+};
+
 }  // namespace rnninfer

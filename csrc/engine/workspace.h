@@ -74,6 +74,7 @@ struct Workspace {
   // with the same shapes again and again.
   Plan plan;
   int plan_steps = -1, plan_batch = -1, plan_threads = -1;
+  bool plan_may_split = true;
 };
 
 }  // namespace rnninfer

@@ -46,6 +46,11 @@ enum class WType : int { kF32 = 0, kBf16 = 1, kI8 = 2 };
 // A weight matrix W (N x K, row-major in the file) packed for gemm():
 // column panels of `nr` outputs; panel p holds, for k = 0..K-1, the nr values
 // W[p*nr + j][k] (zero past N). 64-byte aligned.
+struct PackedGemm;
+// The columns [col0, col0 + ncols) of a packed gemm operand as an operand of
+// its own; col0 must be a multiple of the panel width.
+PackedGemm gemm_columns(const PackedGemm& w, int col0, int ncols);
+
 struct PackedGemm {
   const float* data = nullptr;
   const float* bias = nullptr;  // N values or nullptr (= zero)
@@ -108,6 +113,8 @@ struct StepArgs {
   float* scratch = nullptr;       // GRU reset-before: 2 * n * H floats (z, r*h)
   float* partial = nullptr;       // n * 4 * kLanes floats for chunked products (or nullptr)
   int k_begin = 0;                // set by the kernels: sums below it come from `partial`
+  int tile_begin = 0;             // unit tiles [tile_begin, tile_end) only (-1: to the last):
+  int tile_end = -1;              // threads splitting one layer's units each take a range
   Act act = Act::kTanh;
   Act ract = Act::kSigmoid;
 };

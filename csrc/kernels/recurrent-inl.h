@@ -277,7 +277,8 @@ inline int tiles_of(int h) {
 template <Isa I, int G, int RB, WType T, typename Full, typename One>
 inline void for_rows(const StepArgs& a, const PackedRec& pw, const float* h, std::size_t ld_h,
                      Full full, One one) {
-  const int tiles = tiles_of<I>(pw.h);
+  const int t0 = a.tile_begin;
+  const int t1 = a.tile_end < 0 ? tiles_of<I>(pw.h) : a.tile_end;
   const int n = a.n;
   constexpr int KC = chunk_k<I, G, T>();
   StepArgs b = a;
@@ -285,13 +286,13 @@ inline void for_rows(const StepArgs& a, const PackedRec& pw, const float* h, std
     b.k_begin = 0;
     int r = 0;
     for (; r + RB <= n; r += RB)
-      for (int t = 0; t < tiles; ++t) full(b, r, t);
+      for (int t = t0; t < t1; ++t) full(b, r, t);
     for (; r < n; ++r)
-      for (int t = 0; t < tiles; ++t) one(b, r, t);
+      for (int t = t0; t < t1; ++t) one(b, r, t);
     return;
   }
   b.k_begin = ((pw.k - 1) / KC) * KC;
-  for (int t = 0; t < tiles; ++t) {
+  for (int t = t0; t < t1; ++t) {
     partial_sums<I, G, RB, T>(pw, t, h, ld_h, n, b.k_begin, a.partial);
     int r = 0;
     for (; r + RB <= n; r += RB) full(b, r, t);
