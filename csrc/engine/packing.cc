@@ -6,6 +6,9 @@
 namespace rnninfer {
 namespace {
 
+// Offset of the unsigned activations of kQuads kernels (recurrent_dot_avx512-inl.h).
+constexpr int32_t kU8Offset = 128;
+
 // An AlignedBuffer (float-granular) large enough for `n` elements of E.
 template <typename E>
 AlignedBuffer alloc_elems(std::size_t n) {
@@ -27,19 +30,37 @@ void pack_gemm_t(const E* w, int n, int k, int nr, int panels, E* dst) {
       }
 }
 
+// Groups of `group` consecutive k (1, or 2/4 for kPairs/kQuads) per lane;
+// K padded with zeros to whole groups.
 template <typename E>
-void pack_rec_t(const E* w, int h, int k, const std::vector<int>& gates, int tile, E* dst) {
+void pack_rec_t(const E* w, int h, int k, const std::vector<int>& gates, int tile, int group,
+                E* dst) {
   const int g = static_cast<int>(gates.size());
   const int tiles = (h + tile - 1) / tile;
+  const int groups = (k + group - 1) / group;
   for (int t = 0; t < tiles; ++t)
-    for (int kk = 0; kk < k; ++kk)
+    for (int p = 0; p < groups; ++p)
       for (int gi = 0; gi < g; ++gi)
-        for (int u = 0; u < tile; ++u) {
-          const int unit = t * tile + u;
-          const std::size_t row =
-              static_cast<std::size_t>(gates[static_cast<std::size_t>(gi)]) * h + unit;
-          *dst++ = unit < h ? w[row * k + kk] : E(0);
-        }
+        for (int u = 0; u < tile; ++u)
+          for (int j = 0; j < group; ++j) {
+            const int unit = t * tile + u;
+            const int kk = p * group + j;
+            const std::size_t row =
+                static_cast<std::size_t>(gates[static_cast<std::size_t>(gi)]) * h + unit;
+            *dst++ = unit < h && kk < k ? w[row * k + kk] : E(0);
+          }
+}
+
+int group_of(RecLayout layout) {
+  switch (layout) {
+    case RecLayout::kPairs:
+      return 2;
+    case RecLayout::kQuads:
+      return 4;
+    case RecLayout::kPlain:
+      break;
+  }
+  return 1;
 }
 
 }  // namespace
@@ -83,27 +104,35 @@ void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, Gemm
 }
 
 void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, int tile,
-              RecWeights* out) {
+              RecWeights* out, RecLayout layout) {
+  if (w.type == WType::kF32 || (layout == RecLayout::kPairs && w.type != WType::kBf16) ||
+      (layout == RecLayout::kQuads && w.type != WType::kI8))
+    layout = RecLayout::kPlain;  // the layouts are defined for one element type each
+  const int group = group_of(layout);
   const int g = static_cast<int>(gates.size());
   const int tiles = (h + tile - 1) / tile;
-  const std::size_t count = static_cast<std::size_t>(tiles) * k * g * tile;
+  const std::size_t count =
+      static_cast<std::size_t>(tiles) * ((k + group - 1) / group) * group * g * tile;
   out->view = PackedRec();
   out->view.type = w.type;
+  out->view.layout = layout;
   switch (w.type) {
     case WType::kF32:
       out->data = alloc_elems<float>(count);
-      pack_rec_t(static_cast<const float*>(w.data), h, k, gates, tile, elems<float>(out->data));
+      pack_rec_t(static_cast<const float*>(w.data), h, k, gates, tile, group,
+                 elems<float>(out->data));
       out->view.data = out->data.data();
       break;
     case WType::kBf16:
       out->data = alloc_elems<uint16_t>(count);
-      pack_rec_t(static_cast<const uint16_t*>(w.data), h, k, gates, tile,
+      pack_rec_t(static_cast<const uint16_t*>(w.data), h, k, gates, tile, group,
                  elems<uint16_t>(out->data));
       out->view.bf16 = elems<uint16_t>(out->data);
       break;
     case WType::kI8: {
       out->data = alloc_elems<int8_t>(count);
-      pack_rec_t(static_cast<const int8_t*>(w.data), h, k, gates, tile, elems<int8_t>(out->data));
+      pack_rec_t(static_cast<const int8_t*>(w.data), h, k, gates, tile, group,
+                 elems<int8_t>(out->data));
       out->view.i8 = elems<int8_t>(out->data);
       // Same order as one k-row of the tile (kernels.h), zero past H.
       out->scale = AlignedBuffer(static_cast<std::size_t>(tiles) * g * tile);
@@ -116,6 +145,25 @@ void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, i
                             : 0.0f;
           }
       out->view.scale = out->scale.data();
+      if (layout == RecLayout::kQuads) {
+        // vpdpbusd reads activations as q + 128: subtract 128 * row sum.
+        const int8_t* q = static_cast<const int8_t*>(w.data);
+        out->comp = AlignedBuffer(static_cast<std::size_t>(tiles) * g * tile);
+        int32_t* c = reinterpret_cast<int32_t*>(out->comp.data());
+        for (int t = 0; t < tiles; ++t)
+          for (int gi = 0; gi < g; ++gi)
+            for (int u = 0; u < tile; ++u) {
+              const int unit = t * tile + u;
+              int32_t sum = 0;
+              if (unit < h) {
+                const std::size_t row =
+                    static_cast<std::size_t>(gates[static_cast<std::size_t>(gi)]) * h + unit;
+                for (int kk = 0; kk < k; ++kk) sum += q[row * k + kk];
+              }
+              *c++ = kU8Offset * sum;
+            }
+        out->view.comp = reinterpret_cast<const int32_t*>(out->comp.data());
+      }
       break;
     }
   }

@@ -29,7 +29,7 @@ struct GemmWeights {
 
 // A packed recurrent operand that owns its memory.
 struct RecWeights {
-  AlignedBuffer data, scale;
+  AlignedBuffer data, scale, comp;
   PackedRec view;
 };
 
@@ -40,9 +40,10 @@ inline void pack_gemm(const float* w, int n, int k, const float* bias, int nr, G
 }
 
 // w: rows [g * H + u] for the gates listed in `gates` (indices into the
-// canonical gate blocks), each K wide. Unit tile width from the table.
+// canonical gate blocks), each K wide. Unit tile width and, for reduced
+// weights, the K layout from the table (kPairs needs bf16, kQuads int8).
 void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, int tile,
-              RecWeights* out);
+              RecWeights* out, RecLayout layout = RecLayout::kPlain);
 inline void pack_rec(const float* w, int h, int k, const std::vector<int>& gates, int tile,
                      RecWeights* out) {
   pack_rec(WeightSrc{WType::kF32, w, nullptr}, h, k, gates, tile, out);

@@ -43,6 +43,17 @@ enum class Act : int {
 // bytes streamed per step shrink.
 enum class WType : int { kF32 = 0, kBf16 = 1, kI8 = 2 };
 
+// Order of the elements of packed recurrent weights along K (PackedRec).
+// kPlain: one k per packed element (read by the widen-in-registers bodies of
+// every ISA). kPairs (bf16 only): each 32-bit lane holds (W[u][2k'], W[u][2k'+1]),
+// the operand of vdpbf16ps. kQuads (int8 only): each 32-bit lane holds
+// W[u][4k'..4k'+3], the operand of vpdpbusd. K is padded with zero weights to
+// whole pairs/quads. Which layout a table's step kernels read for each
+// element type is in KernelTable::{bf16,i8}_rec_layout; the engine packs
+// accordingly, so the layout (and with it the arithmetic) is a property of
+// the packed operand.
+enum class RecLayout : int { kPlain = 0, kPairs = 1, kQuads = 2 };
+
 // A weight matrix W (N x K, row-major in the file) packed for gemm():
 // column panels of `nr` outputs; panel p holds, for k = 0..K-1, the nr values
 // W[p*nr + j][k] (zero past N). 64-byte aligned.
@@ -85,6 +96,10 @@ struct PackedRec {
   const uint16_t* bf16 = nullptr;
   const int8_t* i8 = nullptr;
   const float* scale = nullptr;
+  RecLayout layout = RecLayout::kPlain;
+  // kQuads: 128 * sum_k W[row][k] per scale entry (same order as `scale`),
+  // the correction for activations stored as unsigned q + 128.
+  const int32_t* comp = nullptr;
 };
 
 // Arguments of one recurrent step over `n` rows (the sequences active at this
@@ -108,11 +123,19 @@ struct StepArgs {
   float* scratch = nullptr;       // GRU reset-before: 2 * n * H floats (z, r*h)
   float* partial = nullptr;       // n * 4 * kLanes floats for chunked products (or nullptr)
   int k_begin = 0;                // set by the kernels: sums below it come from `partial`
+  // kPairs/kQuads weights: room for the step's activations converted to bf16
+  // pairs or quantised to 8 bits, hq_floats_per_row(K) floats per row.
+  float* hq = nullptr;
   Act act = Act::kTanh;
   Act ract = Act::kSigmoid;
 };
 
 using StepFn = void (*)(const StepArgs& a);
+
+// Floats of StepArgs::hq per row for a recurrent input width K: a row of K
+// values as bf16 pairs or bytes, padded to whole 64-byte vectors, plus the
+// row's scale (int8).
+constexpr std::size_t hq_floats_per_row(std::size_t k) { return (k + 31) / 32 * 16 + 16 + 1; }
 
 struct KernelTable {
   const char* name;
@@ -125,6 +148,9 @@ struct KernelTable {
   StepFn rnn_step;
   // Element-wise activation over n floats, in place.
   void (*activate)(Act a, float* x, int n);
+  // Packed layout the step kernels expect for bf16 / int8 recurrent weights.
+  RecLayout bf16_rec_layout;
+  RecLayout i8_rec_layout;
 };
 
 namespace kernels {
@@ -135,6 +161,9 @@ namespace avx2 {
 const KernelTable& table();
 }
 namespace avx512 {
+const KernelTable& table();
+}
+namespace avx512_bf16 {
 const KernelTable& table();
 }
 }  // namespace kernels
