@@ -8,7 +8,8 @@ Dense(1, sigmoid), T = 64, one thread) at batch 1 and 64, once per
 registers; "avx512_bf16" runs vdpbf16ps on bf16 activations and, for int8
 weights, whatever its table packs them for (docs/precision.md). Engines are
 interleaved round by round; each round times ``--calls`` calls per engine;
-the table gives the median and p90 over all timed calls, in milliseconds.
+the table gives the median and p90 over all timed calls, in milliseconds,
+and the max |output - fp32 output| over the batch-64 input.
 """
 
 from __future__ import annotations
@@ -36,14 +37,17 @@ def main() -> None:
     variants = [v for v in VARIANTS if v[0] in isas]
     spec = cases.HEADLINE_MODEL.spec()
     tensors = random_tensors(spec, 0)
-    print("| kernel table | weights | batch 1 median ms | p90 | batch 64 median ms | p90 |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| kernel table | weights | activations | batch 1 median ms | p90 | batch 64 median ms | p90 |"
+          " max diff to fp32 |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     results: dict[tuple[str, str, int], list[float]] = {}
     models = {v: Model(spec, dict(tensors), threads=1, isa=v[0], precision=v[1]) for v in variants}
+    diffs: dict[tuple[str, str], float] = {}
     for batch in (1, 64):
         x = peers.sample_input(spec, batch, cases.HEADLINE_MODEL.T, 1)
-        for m in models.values():
-            m.predict(x)  # warm-up: workspaces, caches
+        ref = models[("avx512", "fp32")].predict(x)
+        for v, m in models.items():
+            diffs[v] = float(np.abs(m.predict(x) - ref).max())  # also the warm-up
         for _ in range(args.rounds):
             for v, m in models.items():
                 ts = results.setdefault((*v, batch), [])
@@ -56,7 +60,8 @@ def main() -> None:
         for batch in (1, 64):
             ts = np.array(results[(*v, batch)]) * 1e3
             cells += [f"{np.median(ts):.3f}", f"{np.percentile(ts, 90):.3f}"]
-        print(f"| {v[0]} | {v[1]} | " + " | ".join(cells) + " |")
+        acts = models[v].recurrent_activations
+        print(f"| {v[0]} | {v[1]} | {acts} | " + " | ".join(cells) + f" | {diffs[v]:.1e} |")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ inline void to_u8(const float* x, std::size_t ld, int n, int k, uint32_t* q, std
     for (int k0 = 0; k0 < kp; k0 += 16) {
       __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask_of(k - k0), xr + k0), vinv);
       v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-static_cast<float>(kQ8Max))), lim);
-      const __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(v), off);  // MXCSR: to nearest even
+      const __m512i qi = _mm512_add_epi32(
+          _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), off);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + k0), _mm512_cvtepi32_epi8(qi));
     }
   }
