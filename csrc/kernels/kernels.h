@@ -36,11 +36,12 @@ enum class Act : int {
   kLogSoftmax,  // over a whole row (head layers only)
 };
 
-// Element type of packed weights (docs/precision.md). Reduced types are
-// widened to fp32 in registers right after the load (bf16: a 16-bit shift,
-// exact; int8: convert, then one multiply by the output row's scale after
-// the K loop), so activations, state and accumulation stay fp32 and only the
-// bytes streamed per step shrink.
+// Element type of packed weights (docs/precision.md). In the plain layout,
+// reduced types are widened to fp32 in registers right after the load (bf16:
+// a 16-bit shift, exact; int8: convert, then one multiply by the output row's
+// scale after the K loop), so activations, state and accumulation stay fp32
+// and only the bytes streamed per step shrink. RecLayout::kPairs / kQuads
+// (below) are the dot-product alternatives for the recurrent weights.
 enum class WType : int { kF32 = 0, kBf16 = 1, kI8 = 2 };
 
 // Order of the elements of packed recurrent weights along K (PackedRec).
