@@ -32,8 +32,9 @@ MEAN_DIFF = {"bf16": 2e-3, "int8": 4e-3}
 MAX_FLIPS = {"bf16": 0.005, "int8": 0.01}
 #: Max |engine - float64 reference on the effective weights| when the recurrent
 #: products round (bf16) or quantise (int8) the activations every step
-#: (dot-product kernels, docs/precision.md; measured 1.4e-3 / 4.4e-3).
-ACT_REF_TOL = {"bf16": 5e-3, "int8": 1.5e-2}
+#: (dot-product kernels, docs/precision.md; measured 3.5e-3 / 5.9e-3; bounded like the
+#: distance to fp32).
+ACT_REF_TOL = {"bf16": 1e-2, "int8": 2.5e-2}
 #: Kernel tables whose recurrent products use dot-product instructions, and
 #: the activation precision each uses per weight precision (docs/precision.md).
 DOT_TABLES = {"avx512_bf16": {"fp32": "fp32", "bf16": "bf16", "int8": "int8"}}

@@ -123,7 +123,10 @@ Engine::Engine(ModelDesc desc, const TensorMap& tensors, int threads, const Kern
           std::memcpy(dw.b_hn.data(), b_hh + 2 * H, static_cast<std::size_t>(H) * sizeof(float));
         }
       }
-      pack_gemm(w_ih, GH, in, L.bias ? folded.data() : nullptr, nr, &dw.wx);
+      pack_gemm(w_ih, GH, in, L.bias ? folded.data() : nullptr, nr, &dw.wx,
+                w_ih.type == WType::kBf16  ? kernels_->bf16_gemm_layout
+                : w_ih.type == WType::kI8 ? kernels_->i8_gemm_layout
+                                          : RecLayout::kPlain);
       // The table says which K layout its step kernels read for reduced weights.
       const RecLayout layout = w_hh.type == WType::kBf16  ? kernels_->bf16_rec_layout
                                : w_hh.type == WType::kI8 ? kernels_->i8_rec_layout

@@ -20,14 +20,19 @@ E* elems(AlignedBuffer& b) {
   return reinterpret_cast<E*>(b.data());
 }
 
+// Groups of `group` consecutive k per output (1, or 2/4 for kPairs/kQuads);
+// K padded with zeros to whole groups.
 template <typename E>
-void pack_gemm_t(const E* w, int n, int k, int nr, int panels, E* dst) {
+void pack_gemm_t(const E* w, int n, int k, int nr, int panels, int group, E* dst) {
+  const int groups = (k + group - 1) / group;
   for (int p = 0; p < panels; ++p)
-    for (int kk = 0; kk < k; ++kk)
-      for (int j = 0; j < nr; ++j) {
-        const int row = p * nr + j;
-        *dst++ = row < n ? w[static_cast<std::size_t>(row) * k + kk] : E(0);
-      }
+    for (int q = 0; q < groups; ++q)
+      for (int j = 0; j < nr; ++j)
+        for (int e = 0; e < group; ++e) {
+          const int row = p * nr + j;
+          const int kk = q * group + e;
+          *dst++ = row < n && kk < k ? w[static_cast<std::size_t>(row) * k + kk] : E(0);
+        }
 }
 
 // Groups of `group` consecutive k (1, or 2/4 for kPairs/kQuads) per lane;
@@ -51,6 +56,14 @@ void pack_rec_t(const E* w, int h, int k, const std::vector<int>& gates, int til
           }
 }
 
+// The layouts are defined for one element type each; others pack kPlain.
+RecLayout checked_layout(WType type, RecLayout layout) {
+  if ((layout == RecLayout::kPairs && type != WType::kBf16) ||
+      (layout == RecLayout::kQuads && type != WType::kI8))
+    return RecLayout::kPlain;
+  return layout;
+}
+
 int group_of(RecLayout layout) {
   switch (layout) {
     case RecLayout::kPairs:
@@ -65,31 +78,50 @@ int group_of(RecLayout layout) {
 
 }  // namespace
 
-void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, GemmWeights* out) {
+void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, GemmWeights* out,
+               RecLayout layout) {
+  layout = checked_layout(w.type, layout);
+  if (k > kDotGemmMaxK) layout = RecLayout::kPlain;
+  const int group = group_of(layout);
   const int panels = (n + nr - 1) / nr;
-  const std::size_t count = static_cast<std::size_t>(panels) * nr * (k > 0 ? k : 1);
+  const std::size_t count =
+      static_cast<std::size_t>(panels) * nr * (k > 0 ? (k + group - 1) / group * group : 1);
   out->view = PackedGemm();
   out->view.type = w.type;
+  out->view.layout = layout;
   switch (w.type) {
     case WType::kF32:
       out->data = alloc_elems<float>(count);
-      pack_gemm_t(static_cast<const float*>(w.data), n, k, nr, panels, elems<float>(out->data));
+      pack_gemm_t(static_cast<const float*>(w.data), n, k, nr, panels, group,
+                  elems<float>(out->data));
       out->view.data = out->data.data();
       break;
     case WType::kBf16:
       out->data = alloc_elems<uint16_t>(count);
-      pack_gemm_t(static_cast<const uint16_t*>(w.data), n, k, nr, panels,
+      pack_gemm_t(static_cast<const uint16_t*>(w.data), n, k, nr, panels, group,
                   elems<uint16_t>(out->data));
       out->view.bf16 = elems<uint16_t>(out->data);
       break;
     case WType::kI8:
       out->data = alloc_elems<int8_t>(count);
-      pack_gemm_t(static_cast<const int8_t*>(w.data), n, k, nr, panels, elems<int8_t>(out->data));
+      pack_gemm_t(static_cast<const int8_t*>(w.data), n, k, nr, panels, group,
+                  elems<int8_t>(out->data));
       out->view.i8 = elems<int8_t>(out->data);
       // Padded to whole panels so the kernel loads full vectors of scales.
       out->scale = AlignedBuffer(static_cast<std::size_t>(panels) * nr);
       for (int j = 0; j < n; ++j) out->scale.data()[j] = w.scale[j];
       out->view.scale = out->scale.data();
+      if (layout == RecLayout::kQuads) {
+        out->comp = AlignedBuffer(static_cast<std::size_t>(panels) * nr);
+        int32_t* c = reinterpret_cast<int32_t*>(out->comp.data());
+        const int8_t* q = static_cast<const int8_t*>(w.data);
+        for (int j = 0; j < n; ++j) {
+          int32_t sum = 0;
+          for (int kk = 0; kk < k; ++kk) sum += q[static_cast<std::size_t>(j) * k + kk];
+          c[j] = kU8Offset * sum;
+        }
+        out->view.comp = c;
+      }
       break;
   }
   if (bias != nullptr) {
@@ -105,9 +137,7 @@ void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, Gemm
 
 void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, int tile,
               RecWeights* out, RecLayout layout) {
-  if (w.type == WType::kF32 || (layout == RecLayout::kPairs && w.type != WType::kBf16) ||
-      (layout == RecLayout::kQuads && w.type != WType::kI8))
-    layout = RecLayout::kPlain;  // the layouts are defined for one element type each
+  layout = checked_layout(w.type, layout);
   const int group = group_of(layout);
   const int g = static_cast<int>(gates.size());
   const int tiles = (h + tile - 1) / tile;

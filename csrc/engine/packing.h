@@ -23,7 +23,7 @@ struct WeightSrc {
 
 // A packed gemm operand that owns its memory.
 struct GemmWeights {
-  AlignedBuffer data, bias, scale;
+  AlignedBuffer data, bias, scale, comp;
   PackedGemm view;
 };
 
@@ -33,8 +33,11 @@ struct RecWeights {
   PackedRec view;
 };
 
-// w: N x K row-major; bias: N values or nullptr. Panel width from the table.
-void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, GemmWeights* out);
+// w: N x K row-major; bias: N values or nullptr. Panel width from the table;
+// for reduced weights with K <= kDotGemmMaxK, the K layout too (kPairs needs
+// bf16, kQuads int8; anything else packs kPlain).
+void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, GemmWeights* out,
+               RecLayout layout = RecLayout::kPlain);
 inline void pack_gemm(const float* w, int n, int k, const float* bias, int nr, GemmWeights* out) {
   pack_gemm(WeightSrc{WType::kF32, w, nullptr}, n, k, bias, nr, out);
 }

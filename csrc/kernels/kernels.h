@@ -70,7 +70,15 @@ struct PackedGemm {
   const uint16_t* bf16 = nullptr;
   const int8_t* i8 = nullptr;
   const float* scale = nullptr;
+  // K order inside a panel (see RecLayout): kPlain = one k per element;
+  // kPairs / kQuads: panel p, k-group q, output j holds W[p*nr + j][q*2 (4) ..].
+  RecLayout layout = RecLayout::kPlain;
+  const int32_t* comp = nullptr;  // kQuads: 128 * sum_k W[n][k], padded to whole panels
 };
+
+// Largest K for which a gemm operand may be packed as kPairs / kQuads: the
+// dot-product gemm converts a block of A rows into a fixed on-stack buffer.
+constexpr int kDotGemmMaxK = 4096;
 
 // gemm: C[m][n] = (sum_k A[m][k] * W[n][k]) + bias[n] for m < M, n < N.
 // A is M x K with row stride lda; C has row stride ldc. Per element the sum
@@ -149,9 +157,12 @@ struct KernelTable {
   StepFn rnn_step;
   // Element-wise activation over n floats, in place.
   void (*activate)(Act a, float* x, int n);
-  // Packed layout the step kernels expect for bf16 / int8 recurrent weights.
+  // Packed layout the step kernels expect for bf16 / int8 recurrent weights,
+  // and the gemm for bf16 / int8 input projections with K <= kDotGemmMaxK.
   RecLayout bf16_rec_layout;
   RecLayout i8_rec_layout;
+  RecLayout bf16_gemm_layout;
+  RecLayout i8_gemm_layout;
 };
 
 namespace kernels {

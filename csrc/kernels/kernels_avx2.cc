@@ -30,6 +30,8 @@ const KernelTable& table() {
       &rec_impl::activate<kIsa>,
       RecLayout::kPlain,
       RecLayout::kPlain,
+      RecLayout::kPlain,
+      RecLayout::kPlain,
   };
   return t;
 }

@@ -20,6 +20,7 @@ struct Ops<Isa::kAvx512Bf16> : OpsAvx512<Isa::kAvx512Bf16> {};
 #include "kernels/gemm-inl.h"
 #include "kernels/kernels.h"
 #include "kernels/recurrent-inl.h"
+#include "kernels/gemm_dot_avx512-inl.h"
 #include "kernels/recurrent_dot_avx512-inl.h"
 
 namespace rnninfer {
@@ -30,6 +31,13 @@ constexpr Isa kIsa = Isa::kAvx512Bf16;
 constexpr int kGemmVectors = 2;
 constexpr int kGemmRows = 6;
 constexpr int kStepRows = 4;
+
+// Gemm entry: kPairs / kQuads operands run the dot-product gemm.
+void gemm(const PackedGemm& w, const float* a, std::size_t lda, int m, float* c, std::size_t ldc) {
+  if (w.layout == RecLayout::kPlain)
+    return gemm_impl::gemm<kIsa, kGemmVectors, kGemmRows>(w, a, lda, m, c, ldc);
+  dot_impl::gemm<kGemmVectors, kGemmRows>(w, a, lda, m, c, ldc);
+}
 
 // Step entries: the packed layout says which product the weights were packed for.
 void lstm_step(const StepArgs& a) {
@@ -55,12 +63,14 @@ const KernelTable& table() {
       "avx512_bf16",
       kGemmVectors * Ops<kIsa>::kLanes,
       Ops<kIsa>::kLanes,
-      &gemm_impl::gemm<kIsa, kGemmVectors, kGemmRows>,
+      &gemm,
       &lstm_step,
       &gru_step,
       &gru_reset_before_step,
       &rnn_step,
       &rec_impl::activate<kIsa>,
+      RecLayout::kPairs,
+      RecLayout::kQuads,
       RecLayout::kPairs,
       RecLayout::kQuads,
   };
