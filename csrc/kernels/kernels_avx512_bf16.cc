@@ -2,12 +2,15 @@
 // AVX512_VNNI. Compiled with: -mavx512f -mavx512vl -mavx512bw -mavx512dq
 // -mavx512bf16 -mavx512vnni -mavx2 -mfma -ffp-contract=off.
 // Everything the "avx512" table does, instantiated again here for
-// Isa::kAvx512Bf16 (own symbols, see simd/vec.h), except the recurrent steps
-// over bf16 weights, which take activations rounded to bf16 once per step
-// and run vdpbf16ps on weights packed as K-pairs (recurrent_dot_avx512-inl.h;
-// docs/precision.md has the measured trade-off). int8 and fp32 weights use
-// the widen-in-registers bodies (plain layout), exactly as "avx512".
-// Tiles: gemm 2 vectors x 6 rows; widen steps 4 rows at a time; dot steps
+// Isa::kAvx512Bf16 (own symbols, see simd/vec.h), except the products with
+// reduced weights, which run dot-product instructions on reduced activations:
+// bf16 weights (packed as K-pairs) take activations rounded to bf16 and run
+// vdpbf16ps; int8 weights (packed as K-quads) take activations quantised per
+// row to u8 + offset and run vpdpbusd. That holds for the recurrent steps
+// (recurrent_dot_avx512-inl.h) and the input-projection gemm
+// (gemm_dot_avx512-inl.h); fp32 weights take the widen/fp32 bodies, exactly
+// as "avx512". docs/precision.md has the measured trade-off.
+// Tiles: gemm 2 vectors x 6 rows; fp32 steps 4 rows at a time; dot steps
 // 4 rows at a time, or one row with up to 16 accumulators in flight.
 #include "simd/vec_avx512.h"
 
