@@ -313,3 +313,21 @@ def test_every_width_is_batch_invariant(units, precision, isa, make_model, rng):
             if batch is loud and i == 2:
                 continue
             assert np.array_equal(out[where[i]], alone[i]), i
+
+
+@pytest.mark.parametrize("precision", REDUCED)
+@pytest.mark.parametrize("features", [300, 4100])
+def test_wide_inputs_many_rows(features, precision, isa, make_model, rng):
+    """Input projections over many rows (the dot-product gemm converts rows in blocks)
+    and K beyond kDotGemmMaxK (packed plain): reference, fp32 distance, batch invariance."""
+    layers = [Features(features), GRU(8, return_sequences=True), LSTM(5), Dense(2)]
+    base = make_model(layers, seed=features, isa=isa)
+    model = base.with_precision(precision)
+    lengths = rng.integers(20, 31, size=40) if features < 1000 else rng.integers(1, 6, size=5)
+    xs = [rng.standard_normal((int(n), features)).astype(np.float32) for n in lengths]
+    out = model.predict(xs)
+    ref = np.stack(reference_outputs(model, xs))
+    np.testing.assert_allclose(out, ref, atol=ref_tol(model), rtol=0)
+    np.testing.assert_allclose(out, base.predict(xs), atol=MAX_DIFF[precision], rtol=0)
+    for i in (0, len(xs) - 1):
+        assert np.array_equal(model.predict(xs[i]), out[i])
