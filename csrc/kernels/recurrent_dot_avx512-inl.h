@@ -20,8 +20,9 @@
 // Layout: PackedRec (kernels.h) with K grouped in pairs / quads: tile t,
 // group p, gate g, lane u is one 32-bit lane; one (p, g) is one zmm.
 // Tiles, rows, tails: unit tiles of 16 lanes (weights past H are zero, the
-// update masks the stores); rows are processed R at a time, or one at a time
-// with TT tiles in flight (more independent accumulation chains at batch 1).
+// update masks the stores); rows are processed 4 at a time, tiles outer; a
+// step with fewer rows runs them all at once with TT tiles in flight (more
+// independent accumulation chains at batch 1).
 // Determinism: every element's operations are the ones above whatever R, TT,
 // the loop order or the row's position; quantisation is per row.
 // Preconditions: as recurrent-inl.h, plus a.hq has hq_floats_per_row(K)
@@ -168,7 +169,6 @@ inline void dot_product(const PackedRec& pw, int t0, const uint32_t* q, std::siz
 template <int G, bool kBf16, typename Update>
 inline void dot_rows(const StepArgs& a, const PackedRec& pw, const uint32_t* q, std::size_t qs,
                      const float* scales, Update update) {
-  constexpr int TT = kChains / G;
   const int tiles = (pw.h + 15) / 16;
   const int n = a.n;
   auto run = [&](auto rows_c, auto tiles_c, int r0, int t0) {
@@ -180,12 +180,20 @@ inline void dot_rows(const StepArgs& a, const PackedRec& pw, const uint32_t* q, 
     for (int t = 0; t < T; ++t) update(a, r0, t0 + t, acc[t]);
   };
   using One = std::integral_constant<int, 1>;
+  // Fewer rows than a group: all of them at once (each weight vector loaded
+  // once per step), with as many tiles in flight as keep ~kChains accumulators.
+  auto few = [&](auto rows_c) {
+    constexpr int R = decltype(rows_c)::value;
+    constexpr int TT = kChains / (G * R) > 0 ? kChains / (G * R) : 1;
+    int t = 0;
+    for (; t + TT <= tiles; t += TT) run(rows_c, std::integral_constant<int, TT>(), 0, t);
+    for (; t < tiles; ++t) run(rows_c, One(), 0, t);
+  };
+  static_assert(kRows == 4, "the cases below cover 1..kRows-1 rows");
   if (n < kRows) {
-    for (int r = 0; r < n; ++r) {
-      int t = 0;
-      for (; t + TT <= tiles; t += TT) run(One(), std::integral_constant<int, TT>(), r, t);
-      for (; t < tiles; ++t) run(One(), One(), r, t);
-    }
+    if (n == 1) few(One());
+    if (n == 2) few(std::integral_constant<int, 2>());
+    if (n == 3) few(std::integral_constant<int, 3>());
     return;
   }
   for (int t = 0; t < tiles; ++t) {
