@@ -351,14 +351,21 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
     const int shards = static_cast<int>(bounds.size()) - 1;
     std::exception_ptr error;
     std::mutex error_mu;
+    // Shards are claimed, not assigned: a thread takes its own shard, then any
+    // left over, so a worker that wakes late never holds the call up.
+    std::unique_ptr<std::atomic<int>[]> claimed(new std::atomic<int>[static_cast<size_t>(shards)]);
+    for (int i = 0; i < shards; ++i) claimed[static_cast<size_t>(i)].store(0, std::memory_order_relaxed);
     pool_->run([&](int tid) {
-      if (tid >= shards) return;
-      try {
-        const int b0 = bounds[static_cast<size_t>(tid)], b1 = bounds[static_cast<size_t>(tid) + 1];
-        run_subset(sorted.data() + b0, b1 - b0, nullptr, {});
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mu);
-        if (!error) error = std::current_exception();
+      for (int k = 0; k < shards; ++k) {
+        const int sh = (tid + k) % shards;
+        if (claimed[static_cast<size_t>(sh)].exchange(1, std::memory_order_acq_rel) != 0) continue;
+        try {
+          const int b0 = bounds[static_cast<size_t>(sh)], b1 = bounds[static_cast<size_t>(sh) + 1];
+          run_subset(sorted.data() + b0, b1 - b0, nullptr, {});
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (!error) error = std::current_exception();
+        }
       }
     });
     if (error) std::rethrow_exception(error);
@@ -432,30 +439,57 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
   if (plan.threads == 1) {
     for (int i : plan.per_thread[0]) timed_unit(ws, plan, i, 0);
   } else {
-    // Units hand rows to each other through these flags; a thread waits for
-    // a unit's dependencies (spinning briefly, then yielding) before running it.
+    // Units hand rows to each other through `done` flags. A thread runs a
+    // unit only after claiming it, so each unit runs exactly once, and which
+    // thread runs it never changes its result. Threads take the units of
+    // their own list in order (skipping those others claimed), then help with
+    // whatever is unclaimed, in global order: a worker that wakes late (a
+    // descheduled core in a VM can take a millisecond) costs nothing but its
+    // help, and the call never waits for it to start.
     const size_t n = plan.units.size();
     std::unique_ptr<std::atomic<int>[]> done(new std::atomic<int>[n]);
-    for (size_t i = 0; i < n; ++i) done[i].store(0, std::memory_order_relaxed);
+    std::unique_ptr<std::atomic<int>[]> claimed(new std::atomic<int>[n]);
+    for (size_t i = 0; i < n; ++i) {
+      done[i].store(0, std::memory_order_relaxed);
+      claimed[i].store(0, std::memory_order_relaxed);
+    }
     std::atomic<bool> failed{false};
     std::exception_ptr error;
     std::mutex error_mu;
+    auto ready = [&](int i) {
+      for (int d : plan.units[static_cast<size_t>(i)].deps)
+        if (done[static_cast<size_t>(d)].load(std::memory_order_acquire) == 0) return false;
+      return true;
+    };
+    // Waits until unit i can run or someone else claimed it; false if the call failed.
+    auto wait_ready = [&](int i) {
+      for (int spin = 0; !ready(i); ++spin) {
+        if (failed.load(std::memory_order_relaxed)) return false;
+        if (claimed[static_cast<size_t>(i)].load(std::memory_order_relaxed) != 0) return true;
+        if (spin < kSpinBeforeYield)
+          cpu_relax();
+        else
+          std::this_thread::yield();
+      }
+      return true;
+    };
+    auto take = [&](int i, int tid) {
+      if (claimed[static_cast<size_t>(i)].load(std::memory_order_relaxed) != 0) return;
+      if (!wait_ready(i)) return;
+      if (claimed[static_cast<size_t>(i)].exchange(1, std::memory_order_acq_rel) != 0) return;
+      timed_unit(ws, plan, i, tid);
+      done[static_cast<size_t>(i)].store(1, std::memory_order_release);
+    };
     pool_->run([&](int tid) {
       if (tid >= plan.threads) return;  // the plan needs fewer threads than the pool has
       try {
         for (int i : plan.per_thread[static_cast<size_t>(tid)]) {
-          const Unit& u = plan.units[static_cast<size_t>(i)];
-          for (int d : u.deps) {
-            for (int spin = 0; done[static_cast<size_t>(d)].load(std::memory_order_acquire) == 0; ++spin) {
-              if (failed.load(std::memory_order_relaxed)) return;
-              if (spin < kSpinBeforeYield)
-                cpu_relax();
-              else
-                std::this_thread::yield();
-            }
-          }
-          timed_unit(ws, plan, i, tid);
-          done[static_cast<size_t>(i)].store(1, std::memory_order_release);
+          if (failed.load(std::memory_order_relaxed)) return;
+          take(i, tid);
+        }
+        for (int i = 0; i < static_cast<int>(n); ++i) {
+          if (failed.load(std::memory_order_relaxed)) return;
+          take(i, tid);
         }
       } catch (...) {
         // Never leave other threads waiting on a unit that will not finish.

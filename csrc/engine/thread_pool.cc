@@ -49,14 +49,20 @@ void ThreadPool::run(const std::function<void(int)>& fn) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
-    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    open_ = true;
     generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   fn(0);
-  if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; }, kCallerSpin)) {
+  // Close the job: a worker that has not picked it up by now (still waking,
+  // or its core descheduled) skips it; wait only for the workers inside it.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  if (!spin_until([this] { return active_.load(std::memory_order_acquire) == 0; }, kCallerSpin)) {
     std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    done_.wait(lock, [this] { return active_.load(std::memory_order_acquire) == 0; });
   }
   std::lock_guard<std::mutex> lock(mu_);
   job_ = nullptr;
@@ -66,16 +72,20 @@ void ThreadPool::worker_main(int index) {
   uint64_t seen = 0;
   for (;;) {
     spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }, kWorkerSpin);
-    const std::function<void(int)>* job;
+    const std::function<void(int)>* job = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });
       if (stop_) return;
       seen = generation_.load(std::memory_order_acquire);
-      job = job_;
+      if (open_) {
+        job = job_;
+        active_.fetch_add(1, std::memory_order_acq_rel);
+      }
     }
+    if (job == nullptr) continue;
     (*job)(index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);
       done_.notify_all();
     }

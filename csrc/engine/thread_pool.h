@@ -33,7 +33,12 @@ class ThreadPool {
   // The pool for one job, or an unowned lock if another caller has it.
   std::unique_lock<std::mutex> try_lock() { return std::unique_lock<std::mutex>(busy_, std::try_to_lock); }
 
-  // Runs fn(i) for i in [0, size()) concurrently. The caller holds try_lock().
+  // Runs fn(0) on the caller and offers fn(i), i in [1, size()), to the
+  // workers; returns when fn(0) has returned and every worker that took its
+  // part has finished it. A worker that has not started by the time fn(0)
+  // returns does not run its part at all, so fn must get all the work done
+  // with whichever threads show up (the engine's threads claim work units;
+  // the caller does what nobody claimed). The caller holds try_lock().
   void run(const std::function<void(int)>& fn);
 
  private:
@@ -45,7 +50,8 @@ class ThreadPool {
   std::condition_variable done_;
   const std::function<void(int)>* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int> active_{0};  // workers inside the current job
+  bool open_ = false;            // guarded by mu_: the current job may still be joined
   bool stop_ = false;
   std::vector<std::thread> workers_;
 };

@@ -231,14 +231,14 @@ class Model:
         if self._tokens:
             if lengths is None and type(x) is list and x and type(x[0]) is int:
                 # The most common call, one list of ids: checked and converted in C++.
-                return self._engine.predict_token_list(x)  # type: ignore[no-any-return]
+                return self._engine.predict_token_list(x)
             if (lengths is None and type(x) is np.ndarray and x.ndim == 1 and x.size
                     and x.dtype.kind in "iu" and x.dtype != np.uint64):
-                return self._engine.predict_token_seq(x)  # type: ignore[no-any-return]
+                return self._engine.predict_token_seq(x)
             if (lengths is None and type(x) is np.ndarray and x.ndim == 2 and x.size
                     and x.dtype.kind in "iu" and x.dtype != np.uint64):
                 # A padded batch at full length: ids are range-checked as the engine reads them.
-                return self._engine.predict_tokens(x)  # type: ignore[no-any-return]
+                return self._engine.predict_tokens(x)
             data, lens, single = _prepare_tokens(x, lengths, self._vocab)
             out = self._engine.predict_tokens(data, lens)
         else:

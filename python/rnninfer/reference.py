@@ -47,12 +47,12 @@ def activation(name: str, x: Array) -> Array:
     """Apply a named activation (element-wise, or softmax over the last axis)."""
     if name == "softmax":
         e = np.exp(x - x.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
+        return np.asarray(e / e.sum(axis=-1, keepdims=True))
     if name == "log_softmax":
         m = x.max(axis=-1, keepdims=True)
-        return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+        return np.asarray(x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
     with np.errstate(over="ignore"):
-        return _ACT[name](x)
+        return np.asarray(_ACT[name](x))
 
 
 def _run_direction(
@@ -60,8 +60,13 @@ def _run_direction(
 ) -> tuple[Array, Array]:
     """Run one direction over one sequence; returns (outputs (T, P), final h)."""
     H = layer.units
-    act = lambda v: activation(layer.activation, v)
-    ract = lambda v: activation(layer.recurrent_activation, v)
+
+    def act(v: Array) -> Array:
+        return activation(layer.activation, v)
+
+    def ract(v: Array) -> Array:
+        return activation(layer.recurrent_activation, v)
+
     w_ih, w_hh = w["w_ih"], w["w_hh"]
     zeros = np.zeros(w_ih.shape[0])
     b_ih, b_hh = w.get("b_ih", zeros), w.get("b_hh", zeros)
@@ -104,10 +109,10 @@ def _merge(mode: str, a: Array, b: Array) -> Array:
     if mode == "concat":
         return np.concatenate([a, b], axis=-1)
     if mode == "sum":
-        return a + b
+        return np.asarray(a + b)
     if mode == "mul":
-        return a * b
-    return 0.5 * (a + b)
+        return np.asarray(a * b)
+    return np.asarray(0.5 * (a + b))
 
 
 def run_sequence(spec: ModelSpec, tensors: dict[str, Array], x: Array) -> Array:

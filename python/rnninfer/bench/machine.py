@@ -67,7 +67,7 @@ def _read(path: str) -> str:
 
 
 def _caches() -> list[dict[str, str]]:
-    out = []
+    out: list[dict[str, str]] = []
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         entries = sorted(os.listdir(base))
@@ -146,11 +146,11 @@ def _bandwidth_one(size: int, trials: int) -> dict[str, float]:
     def timed(fn: Any, calls: int) -> list[float]:
         for _ in range(3):
             fn()
-        ts = []
+        ts: list[float] = []
         for _ in range(calls):
             t0 = time.perf_counter_ns()
             fn()
-            ts.append(time.perf_counter_ns() - t0)
+            ts.append(float(time.perf_counter_ns() - t0))
         return ts
 
     stream = timed(lambda: np.maximum.reduce(view, axis=None), trials)
@@ -356,7 +356,7 @@ def recurrent_bytes(spec: Any) -> list[int]:
     return out
 
 
-def machine_limit(spec: Any, T: int, batch: int, threads: int, machine: Mapping[str, Any]) -> dict[str, float]:
+def machine_limit(spec: Any, T: int, batch: int, threads: int, machine: Mapping[str, Any]) -> dict[str, Any]:
     """Lower bound on one ``predict`` call's time on this machine (seconds, with its terms).
 
     Per layer and direction, every step runs the recurrent product: it must

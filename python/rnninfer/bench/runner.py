@@ -332,7 +332,7 @@ def _run_model(
     active: dict[str, _Worker] = {}
     with tempfile.TemporaryDirectory(prefix="rnninfer-bench-model-") as tmp:
         path = os.path.join(tmp, "tensors.npz")
-        np.savez(path, **tensors)
+        np.savez(path, **tensors)  # type: ignore[arg-type]
         small = peers.sample_input(spec, _SMALL_BATCH, min(_SMALL_T, group_items[0].T), int(rng.integers(1 << 31)))
         small_ref = peers.reference_outputs(spec, tensors, small)
         for group in dict.fromkeys(p.group for p in available):
@@ -363,7 +363,10 @@ def _run_model(
                     continue
                 engine_versions[n] = r["version"]
                 try:
-                    err = peers.check(lambda x, n=n, w=w: w.call("eval", engine=n, x=x)["out"],
+                    def call_eval(x: np.ndarray, n: str = n, w: _Worker = w) -> np.ndarray:
+                        return np.asarray(w.call("eval", engine=n, x=x)["out"])
+
+                    err = peers.check(call_eval,
                                       spec, tensors, small, ref=small_ref, tol=peers.get(n).tolerance)
                 except (peers.WrongOutput, RuntimeError, WorkerDied) as e:
                     status[n] = {"status": "wrong output", "reason": str(e)[:2000]}

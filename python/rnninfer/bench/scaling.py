@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-MODELS = {
+MODELS: dict[str, dict[str, Any]] = {
     "lstm256x2 (headline)": {"layers": 2, "bidirectional": False},
     "lstm256x4": {"layers": 4, "bidirectional": False},
     "bi-lstm256x2": {"layers": 2, "bidirectional": True},
@@ -65,7 +65,7 @@ def simulate(plan: dict[str, Any], units: list[dict[str, Any]], cost: dict[tuple
     per_thread: dict[int, list[int]] = defaultdict(list)
     for i, u in enumerate(units):  # units are in the plan's global order
         per_thread[u["thread"]].append(i)
-    finish = [None] * len(units)
+    finish: list[float | None] = [None] * len(units)
     free = dict.fromkeys(per_thread, 0.0)
     pos = dict.fromkeys(per_thread, 0)
     remaining = len(units)
@@ -77,15 +77,16 @@ def simulate(plan: dict[str, Any], units: list[dict[str, Any]], cost: dict[tuple
                 deps = units[i]["deps"]
                 if any(finish[d] is None for d in deps):
                     break
-                start = max([free[t]] + [finish[d] for d in deps])  # type: ignore[list-item]
-                finish[i] = start + cost[_key(units[i], _block_steps(plan, units[i], T))]
-                free[t] = finish[i]  # type: ignore[assignment]
+                start = max([free[t]] + [float(finish[d] or 0.0) for d in deps])
+                end = start + cost[_key(units[i], _block_steps(plan, units[i], T))]
+                finish[i] = end
+                free[t] = end
                 pos[t] += 1
                 remaining -= 1
                 progressed = True
         if not progressed:
             raise RuntimeError("plan has a dependency cycle (this is a bug)")
-    return float(max(f for f in finish if f is not None))
+    return max(f for f in finish if f is not None)
 
 
 def project(T: int = 128, cores: Sequence[int] = (1, 2, 4, 8, 16), repeats: int = 15) -> dict[str, Any]:
