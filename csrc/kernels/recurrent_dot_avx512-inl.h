@@ -208,7 +208,9 @@ inline void dot_rows(const StepArgs& a, const PackedRec& pw, const uint32_t* q, 
 inline std::size_t convert(const StepArgs& a, const PackedRec& pw, const float* x,
                            std::size_t ld, uint32_t** q, float** scales) {
   const std::size_t qs = hq_words(pw.k, pw.layout);
-  assert(qs + 1 <= hq_floats_per_row(static_cast<std::size_t>(pw.k)));
+  // Within hq_floats_per_row(K) (kernels.h; not called here: ISA units share
+  // no non-template inline functions with the rest, STYLE.md §3).
+  assert(qs <= static_cast<std::size_t>(pw.k + 31) / 32 * 16 + 16);
   *q = reinterpret_cast<uint32_t*>(a.hq);
   *scales = a.hq + static_cast<std::size_t>(a.n) * qs;
   if (pw.layout == RecLayout::kPairs)
