@@ -15,13 +15,14 @@ from helpers import random_inputs, reference_outputs
 from test_engine import ARCHS, TOL, _zero_frac
 
 import rnninfer
-from rnninfer import ModelFormatError
+from rnninfer import ModelFormatError, _core
 from rnninfer.cli import main as cli_main
 from rnninfer.format import precision as prec
 from rnninfer.layers import GRU, LSTM, Dense, Embedding, Features
 from rnninfer.model import Model
 
 DATA = Path(__file__).parent / "data"
+ISAS: list[str] = list(_core._testing.available_isas())
 REDUCED = ("bf16", "int8")
 #: Max |reduced - fp32| over every ARCHS model (docs/precision.md, with headroom).
 MAX_DIFF = {"bf16": 1e-2, "int8": 2.5e-2}
@@ -29,6 +30,20 @@ MAX_DIFF = {"bf16": 1e-2, "int8": 2.5e-2}
 MEAN_DIFF = {"bf16": 2e-3, "int8": 4e-3}
 #: Documented bounds on changed decisions of the trained marker model.
 MAX_FLIPS = {"bf16": 0.005, "int8": 0.01}
+#: Max |engine - float64 reference on the effective weights| when the recurrent
+#: products round (bf16) or quantise (int8) the activations every step
+#: (dot-product kernels, docs/precision.md; measured 3.5e-3 / 5.9e-3; bounded like the
+#: distance to fp32).
+ACT_REF_TOL = {"bf16": 1e-2, "int8": 2.5e-2}
+#: Kernel tables whose recurrent products use dot-product instructions, and
+#: the activation precision each uses per weight precision (docs/precision.md).
+DOT_TABLES = {"avx512_bf16": {"fp32": "fp32", "bf16": "bf16", "int8": "int8"}}
+
+
+def ref_tol(model: Model) -> float:
+    """Tolerance to the effective-weight reference for this model's kernels."""
+    acts = model.recurrent_activations
+    return TOL if acts == "fp32" else ACT_REF_TOL[acts]
 
 
 @pytest.mark.parametrize("precision", REDUCED)
@@ -41,19 +56,20 @@ def test_reduced_matches_reference_and_fp32(arch, precision, isa, make_model, rn
     model = base.with_precision(precision)
     assert model.precision == precision
     assert model.isa == isa
+    assert model.recurrent_activations == DOT_TABLES.get(isa, {}).get(precision, "fp32")
     xs = random_inputs(model, rng, 6, max_len=20, zero_frac=_zero_frac(layers))
     for x, ref, ref32 in zip(xs, reference_outputs(model, xs), reference_outputs(base, xs)):
         out = model.predict(x)
-        np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
+        np.testing.assert_allclose(out, ref, atol=ref_tol(model), rtol=0)
         np.testing.assert_allclose(out, ref32, atol=MAX_DIFF[precision], rtol=0)
 
 
 @pytest.mark.parametrize("precision", REDUCED)
-def test_mean_difference_to_fp32(precision, make_model):
+def test_mean_difference_to_fp32(precision, isa, make_model):
     worst = 0.0
     for arch in sorted(ARCHS):
         layers = ARCHS[arch]
-        base = make_model(layers, seed=7)
+        base = make_model(layers, seed=7, isa=isa)
         xs = random_inputs(base, np.random.default_rng(0), 32, max_len=30, zero_frac=_zero_frac(layers))
         d = np.abs(base.with_precision(precision).predict(list(xs)) - base.predict(list(xs)))
         worst = max(worst, float(d.mean()))
@@ -92,10 +108,12 @@ def test_batch_composition_is_bitwise_invariant(arch, precision, isa, make_model
 
 
 @pytest.mark.parametrize("precision", REDUCED)
-def test_threads_do_not_change_bits(precision, make_model, rng):
-    layers = ARCHS["bidir_concat"]
+@pytest.mark.parametrize("arch", ["bidir_concat", "gru_before_bidir_seq"])
+def test_threads_do_not_change_bits(arch, precision, isa, make_model, rng):
+    layers = ARCHS[arch]
     xs = random_inputs(make_model(layers), rng, 9, max_len=40)
-    outs = [make_model(layers, seed=1, threads=t).with_precision(precision).predict(list(xs)) for t in (1, 2, 3)]
+    outs = [make_model(layers, seed=1, threads=t, isa=isa).with_precision(precision).predict(list(xs))
+            for t in (1, 2, 3)]
     for out in outs[1:]:
         assert np.array_equal(out, outs[0])
 
@@ -150,8 +168,14 @@ def test_bf16_file_loaded_as_fp32_widens_exactly(tmp_path, rng):
     assert np.array_equal(w.view(np.uint32) >> 16, stored)
     assert not (w.view(np.uint32) & 0xFFFF).any()
     xs = [list(rng.integers(0, 30, size=n)) for n in (5, 12)]
-    # Same values, same fp32 arithmetic (bf16 is widened exactly before the FMA).
-    assert np.array_equal(wide.predict(xs), model.predict(xs))
+    for isa in ISAS:
+        narrow = Model(model.spec, dict(model.stored_tensors), isa=isa)
+        same = Model(wide.spec, dict(wide.stored_tensors), isa=isa)
+        if narrow.recurrent_activations == "fp32":
+            # Same values, same fp32 arithmetic (bf16 is widened exactly before the FMA).
+            assert np.array_equal(same.predict(xs), narrow.predict(xs))
+        else:  # vdpbf16ps also rounds the activations
+            np.testing.assert_allclose(same.predict(xs), narrow.predict(xs), atol=MAX_DIFF["bf16"])
     wide.save(tmp_path / "w.npz")
     with np.load(tmp_path / "w.npz") as z:
         assert z["layers.0.fwd.w_hh"].dtype == np.float32
@@ -163,7 +187,7 @@ def test_golden_v2_files_load_and_predict(name: str) -> None:
     with np.load(DATA / "format_v2" / f"{name}.expected.npz") as z:
         assert model.precision == str(z["precision"])
         out = model.predict(z["inputs"], lengths=z["lengths"])
-        np.testing.assert_allclose(out, z["expected"], atol=TOL, rtol=0)
+        np.testing.assert_allclose(out, z["expected"], atol=ref_tol(model), rtol=0)
 
 
 def test_trained_model_decisions_barely_change():
@@ -173,9 +197,10 @@ def test_trained_model_decisions_barely_change():
     out32 = base.predict(x)[:, 0]
     np.testing.assert_allclose(out32, logits32, atol=1e-4)
     assert ((out32 > 0) == (labels > 0)).mean() >= 0.97  # the model really learned the task
-    for p in REDUCED:
-        out = rnninfer.load(DATA / "trained" / "marker_lstm.npz", threads=1, precision=p).predict(x)[:, 0]
-        assert ((out > 0) != (out32 > 0)).mean() <= MAX_FLIPS[p]
+    for isa in ISAS:
+        for p in REDUCED:
+            out = Model(base.spec, dict(base.stored_tensors), threads=1, precision=p, isa=isa).predict(x)[:, 0]
+            assert ((out > 0) != (out32 > 0)).mean() <= MAX_FLIPS[p], (isa, p)
 
 
 def test_bad_precision_names_raise():
@@ -252,3 +277,57 @@ def test_cli_convert_precision(tmp_path, capsys):
     assert cli_main(["info", str(src), "--precision", "int8"]) == 0
     assert "precision: int8" in capsys.readouterr().out
     assert cli_main(["predict", str(src), "--tokens", "1,2,3", "--precision", "bf16"]) == 0
+
+
+@pytest.mark.parametrize("precision", REDUCED)
+@pytest.mark.parametrize("arch", ["lstm2_sigmoid", "gru_before_bidir_seq", "rnn_relu_seq", "wide_tail"])
+def test_dot_kernels_agree_with_widen_kernels(arch, precision, make_model, rng):
+    """Where the CPU runs a dot-product table, it stays close to the widen-in-registers path."""
+    dots = [i for i in ISAS if DOT_TABLES.get(i, {}).get(precision, "fp32") != "fp32"]
+    if not dots:
+        pytest.skip("no dot-product kernel table for this precision on this CPU")
+    layers = ARCHS[arch]
+    xs = random_inputs(make_model(layers), rng, 12, max_len=25, zero_frac=_zero_frac(layers))
+    widen = make_model(layers, seed=5, isa="scalar").with_precision(precision).predict(list(xs))
+    for isa in dots:
+        out = make_model(layers, seed=5, isa=isa).with_precision(precision).predict(list(xs))
+        assert not np.array_equal(out, widen)  # really a different product
+        np.testing.assert_allclose(out, widen, atol=ACT_REF_TOL[precision], rtol=0)
+
+
+@pytest.mark.parametrize("precision", REDUCED)
+@pytest.mark.parametrize("units", [1, 15, 16, 17, 31, 33, 64, 65])
+def test_every_width_is_batch_invariant(units, precision, isa, make_model, rng):
+    """K not a multiple of the pair/quad/vector sizes, unit tails, rows in groups and alone;
+    one row with 1000x larger inputs must not change the others (per-row quantisation)."""
+    from rnninfer.layers import RNN
+    layers = [Features(3), LSTM(units, return_sequences=True), RNN(units, activation="relu"), Dense(2)]
+    model = make_model(layers, seed=units, isa=isa).with_precision(precision)
+    xs = [rng.standard_normal((n, 3)).astype(np.float32) for n in (7, 3, 9, 1, 9, 5, 2, 8)]
+    alone = [model.predict(x) for x in xs]
+    loud = [x * np.float32(1000.0) if i == 2 else x for i, x in enumerate(xs)]
+    n = len(xs)
+    for batch, where in ((xs, list(range(n))), (xs[::-1], [n - 1 - i for i in range(n)]), (loud, list(range(n)))):
+        out = model.predict(batch)
+        for i in range(n):
+            if batch is loud and i == 2:
+                continue
+            assert np.array_equal(out[where[i]], alone[i]), i
+
+
+@pytest.mark.parametrize("precision", REDUCED)
+@pytest.mark.parametrize("features", [300, 4100])
+def test_wide_inputs_many_rows(features, precision, isa, make_model, rng):
+    """Input projections over many rows (the dot-product gemm converts rows in blocks)
+    and K beyond kDotGemmMaxK (packed plain): reference, fp32 distance, batch invariance."""
+    layers = [Features(features), GRU(8, return_sequences=True), LSTM(5), Dense(2)]
+    base = make_model(layers, seed=features, isa=isa)
+    model = base.with_precision(precision)
+    lengths = rng.integers(20, 31, size=40) if features < 1000 else rng.integers(1, 6, size=5)
+    xs = [rng.standard_normal((int(n), features)).astype(np.float32) for n in lengths]
+    out = model.predict(xs)
+    ref = np.stack(reference_outputs(model, xs))
+    np.testing.assert_allclose(out, ref, atol=ref_tol(model), rtol=0)
+    np.testing.assert_allclose(out, base.predict(xs), atol=MAX_DIFF[precision], rtol=0)
+    for i in (0, len(xs) - 1):
+        assert np.array_equal(model.predict(xs[i]), out[i])

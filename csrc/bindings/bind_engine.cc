@@ -232,6 +232,7 @@ class PyEngine {
   }
 
   std::string isa() const { return engine_->kernels().name; }
+  std::string recurrent_activations() const { return engine_->recurrent_activations(); }
   int threads() const { return engine_->threads(); }
 
  private:
@@ -261,6 +262,7 @@ void register_engine(py::module_& m) {
       .def("trace_tokens", &PyEngine::trace_tokens, py::arg("tokens"), py::arg("lengths"))
       .def("predict_features", &PyEngine::predict_features, py::arg("x"), py::arg("lengths"))
       .def_property_readonly("isa", &PyEngine::isa)
+      .def_property_readonly("recurrent_activations", &PyEngine::recurrent_activations)
       .def_property_readonly("threads", &PyEngine::threads);
   m.def("active_isa", []() { return std::string(default_kernels().name); },
         "The ISA of the kernels chosen for this process (RNNINFER_ISA or the best available).");

@@ -15,6 +15,9 @@ std::vector<std::string> available_isas() {
 #if defined(RNNINFER_HAVE_AVX512)
   if (cpu_features().avx512) out.emplace_back("avx512");
 #endif
+#if defined(RNNINFER_HAVE_AVX512_BF16)
+  if (cpu_features().avx512_bf16 && cpu_features().avx512_vnni) out.emplace_back("avx512_bf16");
+#endif
   return out;
 }
 
@@ -39,7 +42,18 @@ const KernelTable& kernels_for(const std::string& isa) {
     throw std::invalid_argument("ISA 'avx512' is not compiled into this build");
 #endif
   }
-  throw std::invalid_argument("unknown ISA '" + isa + "'; expected scalar, avx2 or avx512");
+  if (isa == "avx512_bf16") {
+#if defined(RNNINFER_HAVE_AVX512_BF16)
+    if (!cpu_features().avx512_bf16 || !cpu_features().avx512_vnni)
+      throw std::invalid_argument(
+          "ISA 'avx512_bf16' requested but this CPU (or OS) lacks AVX-512 F/VL/BW/DQ + BF16 + VNNI");
+    return kernels::avx512_bf16::table();
+#else
+    throw std::invalid_argument("ISA 'avx512_bf16' is not compiled into this build");
+#endif
+  }
+  throw std::invalid_argument("unknown ISA '" + isa +
+                              "'; expected scalar, avx2, avx512 or avx512_bf16");
 }
 
 const KernelTable& default_kernels() {

@@ -1,5 +1,5 @@
 // Choosing the kernel table. The default follows the CPU (best ISA it can
-// run); RNNINFER_ISA=scalar|avx2|avx512 forces one and is refused if the CPU
+// run); RNNINFER_ISA=scalar|avx2|avx512|avx512_bf16 forces one and is refused if the CPU
 // cannot run it. Tests ask for a specific table with kernels_for().
 #pragma once
 

@@ -123,14 +123,21 @@ Engine::Engine(ModelDesc desc, const TensorMap& tensors, int threads, const Kern
           std::memcpy(dw.b_hn.data(), b_hh + 2 * H, static_cast<std::size_t>(H) * sizeof(float));
         }
       }
-      pack_gemm(w_ih, GH, in, L.bias ? folded.data() : nullptr, nr, &dw.wx);
+      pack_gemm(w_ih, GH, in, L.bias ? folded.data() : nullptr, nr, &dw.wx,
+                w_ih.type == WType::kBf16  ? kernels_->bf16_gemm_layout
+                : w_ih.type == WType::kI8 ? kernels_->i8_gemm_layout
+                                          : RecLayout::kPlain);
+      // The table says which K layout its step kernels read for reduced weights.
+      const RecLayout layout = w_hh.type == WType::kBf16  ? kernels_->bf16_rec_layout
+                               : w_hh.type == WType::kI8 ? kernels_->i8_rec_layout
+                                                         : RecLayout::kPlain;
       if (L.cell == Cell::kGru && !L.reset_after) {
-        pack_rec(w_hh, H, P, {0, 1}, tile, &dw.wh);
-        pack_rec(w_hh, H, P, {2}, tile, &dw.wh_n);
+        pack_rec(w_hh, H, P, {0, 1}, tile, &dw.wh, layout);
+        pack_rec(w_hh, H, P, {2}, tile, &dw.wh_n, layout);
       } else {
         std::vector<int> gates(static_cast<size_t>(G));
         std::iota(gates.begin(), gates.end(), 0);
-        pack_rec(w_hh, H, P, gates, tile, &dw.wh);
+        pack_rec(w_hh, H, P, gates, tile, &dw.wh, layout);
       }
       if (L.proj_size > 0) pack_gemm(get(pre + "w_hr", {P, H}), P, H, nullptr, nr, &dw.wr);
       if (i == 0 && desc_.tokens &&
@@ -157,6 +164,15 @@ Engine::Engine(ModelDesc desc, const TensorMap& tensors, int threads, const Kern
     in = D.units;
     max_head_width_ = std::max(max_head_width_, in);
   }
+}
+
+const char* Engine::recurrent_activations() const {
+  for (const LayerWeights& lw : layers_)
+    for (const DirWeights& dw : lw.dirs) {
+      if (dw.wh.view.layout == RecLayout::kPairs) return "bf16";
+      if (dw.wh.view.layout == RecLayout::kQuads) return "int8";
+    }
+  return "fp32";
 }
 
 int64_t Engine::output_size(int steps) const {
@@ -420,6 +436,7 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
     sc.m.ensure(B * max_h);
     sc.gru.ensure(2 * B * max_h);
     sc.partial.ensure(B * kPartialFloatsPerRow);
+    sc.hq.ensure(B * hq_floats_per_row(max_p));
   }
   return call;
 }
@@ -683,6 +700,7 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
   a.ld_c = static_cast<std::size_t>(H);
   a.scratch = sc.gru.data();
   a.partial = sc.partial.data();
+  a.hq = sc.hq.data();
   a.act = L.act;
   a.ract = L.ract;
   a.tile_begin = u0 / kernels_->rec_tile;

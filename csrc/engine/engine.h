@@ -74,6 +74,11 @@ class Engine {
   const ModelDesc& desc() const { return desc_; }
   const KernelTable& kernels() const { return *kernels_; }
   int threads() const { return threads_; }
+  // What the recurrent products multiply the weights with: "fp32" (the
+  // widen-in-registers kernels), or "bf16" / "int8" when the packed layout is
+  // one of the dot-product kernels' (activations rounded/quantised per row and
+  // step; the table's gemm does the same to the inputs of the projections).
+  const char* recurrent_activations() const;
   // Floats of output per sequence for a padded width of `steps`.
   int64_t output_size(int steps) const;
 

@@ -23,26 +23,30 @@ struct WeightSrc {
 
 // A packed gemm operand that owns its memory.
 struct GemmWeights {
-  AlignedBuffer data, bias, scale;
+  AlignedBuffer data, bias, scale, comp;
   PackedGemm view;
 };
 
 // A packed recurrent operand that owns its memory.
 struct RecWeights {
-  AlignedBuffer data, scale;
+  AlignedBuffer data, scale, comp;
   PackedRec view;
 };
 
-// w: N x K row-major; bias: N values or nullptr. Panel width from the table.
-void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, GemmWeights* out);
+// w: N x K row-major; bias: N values or nullptr. Panel width from the table;
+// for reduced weights with K <= kDotGemmMaxK, the K layout too (kPairs needs
+// bf16, kQuads int8; anything else packs kPlain).
+void pack_gemm(const WeightSrc& w, int n, int k, const float* bias, int nr, GemmWeights* out,
+               RecLayout layout = RecLayout::kPlain);
 inline void pack_gemm(const float* w, int n, int k, const float* bias, int nr, GemmWeights* out) {
   pack_gemm(WeightSrc{WType::kF32, w, nullptr}, n, k, bias, nr, out);
 }
 
 // w: rows [g * H + u] for the gates listed in `gates` (indices into the
-// canonical gate blocks), each K wide. Unit tile width from the table.
+// canonical gate blocks), each K wide. Unit tile width and, for reduced
+// weights, the K layout from the table (kPairs needs bf16, kQuads int8).
 void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, int tile,
-              RecWeights* out);
+              RecWeights* out, RecLayout layout = RecLayout::kPlain);
 inline void pack_rec(const float* w, int h, int k, const std::vector<int>& gates, int tile,
                      RecWeights* out) {
   pack_rec(WeightSrc{WType::kF32, w, nullptr}, h, k, gates, tile, out);

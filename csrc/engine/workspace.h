@@ -56,6 +56,7 @@ struct Workspace {
     AlignedBuffer m;            // LSTM projection input o*act(c)
     AlignedBuffer gru;          // GRU reset-before: z and r*h
     AlignedBuffer partial;      // chunked recurrent products: 4 gates x 16 lanes per row
+    AlignedBuffer hq;           // dot-product steps: one step's activations as bf16/u8
   };
   std::vector<Scratch> scratch;     // [thread]
 

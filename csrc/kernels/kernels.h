@@ -36,12 +36,24 @@ enum class Act : int {
   kLogSoftmax,  // over a whole row (head layers only)
 };
 
-// Element type of packed weights (docs/precision.md). Reduced types are
-// widened to fp32 in registers right after the load (bf16: a 16-bit shift,
-// exact; int8: convert, then one multiply by the output row's scale after
-// the K loop), so activations, state and accumulation stay fp32 and only the
-// bytes streamed per step shrink.
+// Element type of packed weights (docs/precision.md). In the plain layout,
+// reduced types are widened to fp32 in registers right after the load (bf16:
+// a 16-bit shift, exact; int8: convert, then one multiply by the output row's
+// scale after the K loop), so activations, state and accumulation stay fp32
+// and only the bytes streamed per step shrink. RecLayout::kPairs / kQuads
+// (below) are the dot-product alternatives for the recurrent weights.
 enum class WType : int { kF32 = 0, kBf16 = 1, kI8 = 2 };
+
+// Order of the elements of packed recurrent weights along K (PackedRec).
+// kPlain: one k per packed element (read by the widen-in-registers bodies of
+// every ISA). kPairs (bf16 only): each 32-bit lane holds (W[u][2k'], W[u][2k'+1]),
+// the operand of vdpbf16ps. kQuads (int8 only): each 32-bit lane holds
+// W[u][4k'..4k'+3], the operand of vpdpbusd. K is padded with zero weights to
+// whole pairs/quads. Which layout a table's step kernels read for each
+// element type is in KernelTable::{bf16,i8}_rec_layout; the engine packs
+// accordingly, so the layout (and with it the arithmetic) is a property of
+// the packed operand.
+enum class RecLayout : int { kPlain = 0, kPairs = 1, kQuads = 2 };
 
 // A weight matrix W (N x K, row-major in the file) packed for gemm():
 // column panels of `nr` outputs; panel p holds, for k = 0..K-1, the nr values
@@ -63,7 +75,15 @@ struct PackedGemm {
   const uint16_t* bf16 = nullptr;
   const int8_t* i8 = nullptr;
   const float* scale = nullptr;
+  // K order inside a panel (see RecLayout): kPlain = one k per element;
+  // kPairs / kQuads: panel p, k-group q, output j holds W[p*nr + j][q*2 (4) ..].
+  RecLayout layout = RecLayout::kPlain;
+  const int32_t* comp = nullptr;  // kQuads: 128 * sum_k W[n][k], padded to whole panels
 };
+
+// Largest K for which a gemm operand may be packed as kPairs / kQuads: the
+// dot-product gemm converts a block of A rows into a fixed on-stack buffer.
+constexpr int kDotGemmMaxK = 4096;
 
 // gemm: C[m][n] = (sum_k A[m][k] * W[n][k]) + bias[n] for m < M, n < N.
 // A is M x K with row stride lda; C has row stride ldc. Per element the sum
@@ -90,6 +110,10 @@ struct PackedRec {
   const uint16_t* bf16 = nullptr;
   const int8_t* i8 = nullptr;
   const float* scale = nullptr;
+  RecLayout layout = RecLayout::kPlain;
+  // kQuads: 128 * sum_k W[row][k] per scale entry (same order as `scale`),
+  // the correction for activations stored as unsigned q + 128.
+  const int32_t* comp = nullptr;
 };
 
 // Arguments of one recurrent step over `n` rows (the sequences active at this
@@ -115,11 +139,19 @@ struct StepArgs {
   int k_begin = 0;                // set by the kernels: sums below it come from `partial`
   int tile_begin = 0;             // unit tiles [tile_begin, tile_end) only (-1: to the last):
   int tile_end = -1;              // threads splitting one layer's units each take a range
+  // kPairs/kQuads weights: room for the step's activations converted to bf16
+  // pairs or quantised to 8 bits, hq_floats_per_row(K) floats per row.
+  float* hq = nullptr;
   Act act = Act::kTanh;
   Act ract = Act::kSigmoid;
 };
 
 using StepFn = void (*)(const StepArgs& a);
+
+// Floats of StepArgs::hq per row for a recurrent input width K: a row of K
+// values as bf16 pairs or bytes, padded to whole 64-byte vectors, plus the
+// row's scale (int8).
+constexpr std::size_t hq_floats_per_row(std::size_t k) { return (k + 31) / 32 * 16 + 16 + 1; }
 
 struct KernelTable {
   const char* name;
@@ -132,6 +164,12 @@ struct KernelTable {
   StepFn rnn_step;
   // Element-wise activation over n floats, in place.
   void (*activate)(Act a, float* x, int n);
+  // Packed layout the step kernels expect for bf16 / int8 recurrent weights,
+  // and the gemm for bf16 / int8 input projections with K <= kDotGemmMaxK.
+  RecLayout bf16_rec_layout;
+  RecLayout i8_rec_layout;
+  RecLayout bf16_gemm_layout;
+  RecLayout i8_gemm_layout;
 };
 
 namespace kernels {
@@ -142,6 +180,9 @@ namespace avx2 {
 const KernelTable& table();
 }
 namespace avx512 {
+const KernelTable& table();
+}
+namespace avx512_bf16 {
 const KernelTable& table();
 }
 }  // namespace kernels

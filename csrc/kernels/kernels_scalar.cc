@@ -28,6 +28,10 @@ const KernelTable& table() {
       &rec_impl::gru_reset_before_step<kIsa, kStepRows>,
       &rec_impl::rnn_step<kIsa, kStepRows>,
       &rec_impl::activate<kIsa>,
+      RecLayout::kPlain,
+      RecLayout::kPlain,
+      RecLayout::kPlain,
+      RecLayout::kPlain,
   };
   return t;
 }

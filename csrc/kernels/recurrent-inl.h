@@ -138,18 +138,18 @@ struct Acts {
   }
 };
 
-template <Isa I, int RB, bool kDefault, WType T>
-inline void lstm_rows(const StepArgs& a, int r0, int tile) {
+// The pointwise updates take the gate sums of RB rows x one unit tile (acc,
+// the recurrent products without biases) and finish the step for them. They
+// are shared by the widen-in-registers products below and the dot-product
+// kernels of recurrent_dot_avx512-inl.h.
+template <Isa I, int RB, bool kDefault>
+inline void lstm_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][4]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
-  const PackedRec& w = *a.w;
-  const int H = w.h;
+  const int H = a.w->h;
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
-  V acc[RB][4];
-  product<I, 4, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * 4 * L);
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
@@ -165,18 +165,14 @@ inline void lstm_rows(const StepArgs& a, int r0, int tile) {
   }
 }
 
-template <Isa I, int RB, bool kDefault, WType T>
-inline void gru_rows(const StepArgs& a, int r0, int tile) {
+template <Isa I, int RB, bool kDefault>
+inline void gru_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][3]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
-  const PackedRec& w = *a.w;
-  const int H = w.h;
+  const int H = a.w->h;
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
-  V acc[RB][3];
-  product<I, 3, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * 3 * L);
   const Acts<I, kDefault> f{a.act, a.ract};
   const V bhn = a.b_hn ? ld<I>(a.b_hn + u0, nu) : O::zero();
   for (int r = 0; r < RB; ++r) {
@@ -193,18 +189,14 @@ inline void gru_rows(const StepArgs& a, int r0, int tile) {
 
 // GRU with the reset gate before the product, pass 1: r and z, then r*h and
 // z are parked in scratch (n x H each) for pass 2, which needs r*h of all units.
-template <Isa I, int RB, bool kDefault, WType T>
-inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
+template <Isa I, int RB, bool kDefault>
+inline void gru_rb_update1(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][2]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
-  const PackedRec& w = *a.w;
-  const int H = w.h;
+  const int H = a.w->h;
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
-  V acc[RB][2];
-  product<I, 2, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * 2 * L);
   const Acts<I, kDefault> f{a.act, a.ract};
   float* zs = a.scratch;
   float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
@@ -218,20 +210,15 @@ inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
   }
 }
 
-template <Isa I, int RB, bool kDefault, WType T>
-inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
+template <Isa I, int RB, bool kDefault>
+inline void gru_rb_update2(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
-  const PackedRec& w = *a.w2;
-  const int H = w.h;
+  const int H = a.w2->h;
   const int u0 = tile * L;
   const int nu = H - u0 < L ? H - u0 : L;
   const float* zs = a.scratch;
-  const float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
-  V acc[RB][1];
-  product<I, 1, RB, T>(w, tile, rh + r0 * H, static_cast<std::size_t>(H), acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * L);
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
@@ -244,23 +231,66 @@ inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
   }
 }
 
-template <Isa I, int RB, bool kDefault, WType T>
-inline void rnn_rows(const StepArgs& a, int r0, int tile) {
+template <Isa I, int RB>
+inline void rnn_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
-  const PackedRec& w = *a.w;
   const int u0 = tile * L;
-  const int nu = w.h - u0 < L ? w.h - u0 : L;
-  V acc[RB][1];
-  product<I, 1, RB, T>(w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * L);
+  const int nu = a.w->h - u0 < L ? a.w->h - u0 : L;
   for (int r = 0; r < RB; ++r) {
     const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
     const V h = act::Math<I>::apply(a.act, O::add(acc[r][0], ld<I>(xp, nu)));
     st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
     if (a.y) st<I>(a.y + (r0 + r) * a.ld_y + u0, h, nu);
   }
+}
+
+template <Isa I, int RB, bool kDefault, WType T>
+inline void lstm_rows(const StepArgs& a, int r0, int tile) {
+  constexpr int L = Ops<I>::kLanes;
+  typename Ops<I>::V acc[RB][4];
+  product<I, 4, RB, T>(*a.w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * 4 * L);
+  lstm_update<I, RB, kDefault>(a, r0, tile, acc);
+}
+
+template <Isa I, int RB, bool kDefault, WType T>
+inline void gru_rows(const StepArgs& a, int r0, int tile) {
+  constexpr int L = Ops<I>::kLanes;
+  typename Ops<I>::V acc[RB][3];
+  product<I, 3, RB, T>(*a.w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * 3 * L);
+  gru_update<I, RB, kDefault>(a, r0, tile, acc);
+}
+
+template <Isa I, int RB, bool kDefault, WType T>
+inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
+  constexpr int L = Ops<I>::kLanes;
+  typename Ops<I>::V acc[RB][2];
+  product<I, 2, RB, T>(*a.w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * 2 * L);
+  gru_rb_update1<I, RB, kDefault>(a, r0, tile, acc);
+}
+
+template <Isa I, int RB, bool kDefault, WType T>
+inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
+  constexpr int L = Ops<I>::kLanes;
+  const int H = a.w2->h;
+  const float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
+  typename Ops<I>::V acc[RB][1];
+  product<I, 1, RB, T>(*a.w2, tile, rh + r0 * H, static_cast<std::size_t>(H), acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * L);
+  gru_rb_update2<I, RB, kDefault>(a, r0, tile, acc);
+}
+
+template <Isa I, int RB, bool kDefault, WType T>
+inline void rnn_rows(const StepArgs& a, int r0, int tile) {
+  constexpr int L = Ops<I>::kLanes;
+  typename Ops<I>::V acc[RB][1];
+  product<I, 1, RB, T>(*a.w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
+                       a.partial + static_cast<std::size_t>(r0) * L);
+  rnn_update<I, RB>(a, r0, tile, acc);
 }
 
 template <Isa I>
@@ -319,6 +349,7 @@ inline void with_type(WType t, Body body) {
 
 template <Isa I, int RB>
 void lstm_step(const StepArgs& a) {
+  assert(a.w->layout == RecLayout::kPlain);
   assert(a.h_prev != a.h_next && a.c_prev != a.c_next);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
@@ -337,6 +368,7 @@ void lstm_step(const StepArgs& a) {
 
 template <Isa I, int RB>
 void gru_step(const StepArgs& a) {
+  assert(a.w->layout == RecLayout::kPlain);
   assert(a.h_prev != a.h_next);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
@@ -355,6 +387,7 @@ void gru_step(const StepArgs& a) {
 
 template <Isa I, int RB>
 void gru_reset_before_step(const StepArgs& a) {
+  assert(a.w->layout == RecLayout::kPlain);
   assert(a.h_prev != a.h_next && a.scratch != nullptr && a.w2 != nullptr);
   assert(a.w->type == a.w2->type);
   with_type(a.w->type, [&](auto tc) {
@@ -373,6 +406,7 @@ void gru_reset_before_step(const StepArgs& a) {
 
 template <Isa I, int RB>
 void rnn_step(const StepArgs& a) {
+  assert(a.w->layout == RecLayout::kPlain);
   assert(a.h_prev != a.h_next);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;

@@ -7,13 +7,15 @@
 // no per-element branch; the entry points switch on PackedRec/PackedGemm
 // ::type once per call.
 //
-// Why widen in registers (rather than dot products on reduced activations,
-// e.g. vdpbf16ps or vpdpbusd): the recurrent product at small batch is bound
-// by the bytes of weights streamed per step, which the reduced types already
-// halve or quarter; activations, state and accumulation stay fp32, so the
-// only error is the weight rounding itself, and the per-element operation
-// order (acc = 0; acc = fma(w_k, h_k, acc), k ascending) is the fp32 one,
-// which keeps batch-composition determinism. See docs/precision.md.
+// Widening in registers is the path of every ISA: the recurrent product at
+// small batch is bound by the bytes of weights streamed per step, which the
+// reduced types already halve or quarter; activations, state and
+// accumulation stay fp32, so the only error is the weight rounding itself,
+// and the per-element operation order (acc = 0; acc = fma(w_k, h_k, acc),
+// k ascending) is the fp32 one. Where the CPU has AVX512_BF16 + VNNI, the
+// avx512_bf16 table packs recurrent weights for dot-product instructions on
+// reduced activations instead (recurrent_dot_avx512-inl.h), which measured
+// faster within the accuracy bounds. See docs/precision.md.
 #pragma once
 
 #include <cstdint>

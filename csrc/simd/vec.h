@@ -26,7 +26,12 @@
 
 namespace rnninfer {
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
+// kAvx512Bf16: the AVX-512 vocabulary compiled again in the AVX512_BF16 +
+// VNNI unit (kernels_avx512_bf16.cc). A distinct value so that every template
+// instantiated there (Ops, kernel bodies) has its own symbols: the linker can
+// never substitute a copy built with -mavx512bf16 for one the plain AVX-512
+// table calls on a CPU without BF16 (the Highway rule, STYLE.md §3).
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3, kAvx512Bf16 = 4 };
 
 template <Isa I>
 struct Ops;

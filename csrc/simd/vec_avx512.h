@@ -1,5 +1,7 @@
 // Ops<Isa::kAvx512>: 16 float lanes in a zmm register (AVX-512 F/VL/BW/DQ).
-// Include only from the AVX-512 translation unit.
+// Include only from the AVX-512 translation units. The body is a template on
+// the Isa value (OpsAvx512<I>) so that the AVX512_BF16 unit gets its own
+// instantiation, Ops<Isa::kAvx512Bf16>, with its own symbols (see vec.h).
 #pragma once
 
 #include <immintrin.h>
@@ -8,8 +10,8 @@
 
 namespace rnninfer {
 
-template <>
-struct Ops<Isa::kAvx512> {
+template <Isa I>
+struct OpsAvx512 {
   using V = __m512;
   using M = __mmask16;
   static constexpr int kLanes = 16;
@@ -73,5 +75,8 @@ struct Ops<Isa::kAvx512> {
   static inline float reduce_add(V a) { return _mm512_reduce_add_ps(a); }
   static inline float reduce_max(V a) { return _mm512_reduce_max_ps(a); }
 };
+
+template <>
+struct Ops<Isa::kAvx512> : OpsAvx512<Isa::kAvx512> {};
 
 }  // namespace rnninfer

@@ -94,9 +94,10 @@ class Model:
                 ``tensors`` are stored in; see ``docs/precision.md``).
                 ``tensors`` may hold reduced weights as a file stores them
                 (bf16 as ``uint16``, int8 plus ``<name>_scale``).
-            isa: force a kernel ISA (``"scalar"``, ``"avx2"``, ``"avx512"``) for
-                this model, for tests and benchmarks; ``None`` = the process
-                default (``RNNINFER_ISA`` or the best the CPU runs).
+            isa: force a kernel ISA (``"scalar"``, ``"avx2"``, ``"avx512"``,
+                ``"avx512_bf16"``) for this model, for tests and benchmarks;
+                ``None`` = the process default (``RNNINFER_ISA`` or the best
+                the CPU runs).
 
         Raises:
             ModelFormatError: listing every problem with the spec or tensors.
@@ -186,6 +187,14 @@ class Model:
     def isa(self) -> str:
         """The instruction set this model's kernels use."""
         return str(self._engine.isa)
+
+    @property
+    def recurrent_activations(self) -> str:
+        """What the recurrent weights multiply: ``"fp32"`` activations (reduced
+        weights widened in registers), or ``"bf16"`` / ``"int8"`` when the kernel
+        table runs dot-product instructions on activations rounded or quantised
+        every step (``docs/precision.md``)."""
+        return str(self._engine.recurrent_activations)
 
     @property
     def output_width(self) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from rnninfer import _core
 
-ALL = ("scalar", "avx2", "avx512")
+ALL = ("scalar", "avx2", "avx512", "avx512_bf16")
 
 
 def _isa_in_subprocess(value: str) -> subprocess.CompletedProcess[str]:
@@ -51,3 +51,5 @@ def test_features_are_consistent() -> None:
     assert ("avx512" in isas) == f["avx512"]
     assert ("avx2" in isas) == f["avx2_fma"]
     assert not f["avx512"] or f["avx2_fma"]  # AVX-512 implies AVX2+FMA here
+    # The dot-product table needs AVX-512 plus BF16 and VNNI (when compiled in).
+    assert "avx512_bf16" not in isas or (f["avx512"] and f["avx512_bf16"] and f["avx512_vnni"])

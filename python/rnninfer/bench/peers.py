@@ -10,7 +10,11 @@ Peers:
 
 * ``rnninfer``: :class:`rnninfer.Model` built from the canonical tensors.
 * ``rnninfer-bf16`` / ``rnninfer-int8``: the same with reduced-precision
-  weights (``precision="bf16"`` / ``"int8"``, docs/precision.md).
+  weights (``precision="bf16"`` / ``"int8"``, docs/precision.md), on the
+  process's default kernel table.
+* ``rnninfer-bf16-widen`` / ``rnninfer-int8-widen``: the same weights on the
+  best kernel table that widens them to fp32 in registers (fp32 activations),
+  for comparison with the dot-product kernels of ``avx512_bf16``.
 * ``pytorch``: ``nn.Embedding`` -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (one
   module with ``num_layers`` when the stack is uniform, else one per layer) ->
   final hidden state of the top layer (``h_n[-num_directions:]``) ->
@@ -190,17 +194,30 @@ def _check_supported(spec: Any, who: str) -> None:
 
 
 # ---- rnninfer -----------------------------------------------------------------------------
-def prepare_rnninfer(spec: Any, tensors: Tensors, threads: int, precision: str = "fp32") -> Prepared:
+def prepare_rnninfer(spec: Any, tensors: Tensors, threads: int, precision: str = "fp32",
+                     isa: str | None = None) -> Prepared:
     """rnninfer's own engine, built from the canonical tensors, weights in ``precision``."""
     import rnninfer
     from rnninfer.model import Model
 
-    model = Model(spec, dict(tensors), threads=threads, precision=precision)
+    model = Model(spec, dict(tensors), threads=threads, precision=precision, isa=isa)
 
     def run(x: np.ndarray) -> np.ndarray:
         return model.predict(x)
 
-    return Prepared(run, f"rnninfer {rnninfer.__version__} ({rnninfer.isa()}, {precision} weights)")
+    return Prepared(run, f"rnninfer {rnninfer.__version__} ({model.isa}, {precision} weights, "
+                         f"{model.recurrent_activations} activations)")
+
+
+#: Kernel tables whose recurrent steps use dot-product instructions on reduced activations.
+DOT_PRODUCT_TABLES = ("avx512_bf16",)
+
+
+def _widen_isa() -> str:
+    """The best kernel table that widens reduced weights to fp32 in registers."""
+    from rnninfer import _core
+
+    return [i for i in _core._testing.available_isas() if i not in DOT_PRODUCT_TABLES][-1]
 
 
 def prepare_rnninfer_bf16(spec: Any, tensors: Tensors, threads: int) -> Prepared:
@@ -211,6 +228,16 @@ def prepare_rnninfer_bf16(spec: Any, tensors: Tensors, threads: int) -> Prepared
 def prepare_rnninfer_int8(spec: Any, tensors: Tensors, threads: int) -> Prepared:
     """rnninfer with int8 weights."""
     return prepare_rnninfer(spec, tensors, threads, "int8")
+
+
+def prepare_rnninfer_bf16_widen(spec: Any, tensors: Tensors, threads: int) -> Prepared:
+    """rnninfer with bf16 weights widened in registers (fp32 activations)."""
+    return prepare_rnninfer(spec, tensors, threads, "bf16", _widen_isa())
+
+
+def prepare_rnninfer_int8_widen(spec: Any, tensors: Tensors, threads: int) -> Prepared:
+    """rnninfer with int8 weights widened in registers (fp32 activations)."""
+    return prepare_rnninfer(spec, tensors, threads, "int8", _widen_isa())
 
 
 # ---- PyTorch ------------------------------------------------------------------------------
@@ -525,6 +552,10 @@ PEERS: tuple[Peer, ...] = (
     Peer("rnninfer", "rnninfer", ("rnninfer",), prepare_rnninfer),
     Peer("rnninfer-bf16", "rnninfer", ("rnninfer",), prepare_rnninfer_bf16, REDUCED_CHECK_TOLERANCE),
     Peer("rnninfer-int8", "rnninfer", ("rnninfer",), prepare_rnninfer_int8, REDUCED_CHECK_TOLERANCE),
+    Peer("rnninfer-bf16-widen", "rnninfer", ("rnninfer",), prepare_rnninfer_bf16_widen,
+         REDUCED_CHECK_TOLERANCE),
+    Peer("rnninfer-int8-widen", "rnninfer", ("rnninfer",), prepare_rnninfer_int8_widen,
+         REDUCED_CHECK_TOLERANCE),
     Peer("pytorch", "torch", ("torch",), prepare_pytorch),
     Peer("onnxruntime", "onnxruntime", ("onnxruntime", "onnx", "torch"), prepare_onnxruntime),
     Peer("onnxruntime-int8", "onnxruntime", ("onnxruntime", "onnx", "torch"), prepare_onnxruntime_int8,

@@ -1,0 +1,157 @@
+// gemm_avx512_bf16 for kPairs / kQuads operands: C = A W^T + b with the
+// rows of A rounded to bf16 (vdpbf16ps) or quantised to int8 per row
+// (vpdpbusd), the same arithmetic as the recurrent dot-product steps
+// (recurrent_dot_avx512-inl.h, whose converters it uses).
+//
+// Include only from kernels_avx512_bf16.cc.
+// Layout: PackedGemm panels of NR = NV * 16 outputs; inside a panel, k-group
+// q (2 or 4 consecutive k), output j is one 32-bit lane: one group of a panel
+// is NV vectors. K is padded with zero weights to whole groups.
+// Per element: bf16: acc = 0; acc = vdpbf16ps(acc, w_pair, a_pair), pairs
+// ascending; c = acc + bias. int8: exact integer sum of (q_a + 128) w_q, then
+// c = ((float(sum - comp[n]) * scale[n]) * s_a) + bias, s_a = max|a_row|/127.
+// Rows are converted in blocks that fit a fixed on-stack buffer (K <=
+// kDotGemmMaxK, checked at pack time); inside a block, panels run outer so a
+// panel streams once per block; MR-row tiles, the row tail as one smaller
+// tile, column tails by masked stores: every element sees the same operations
+// whatever M, its row position or the block split (SPEC §2 determinism).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/kernels.h"
+#include "kernels/recurrent_dot_avx512-inl.h"
+
+namespace rnninfer {
+namespace dot_impl {
+
+// Converted A rows per call block: 64 KiB on the stack (+ one scale per row).
+constexpr std::size_t kGemmBufWords = 16384;
+constexpr std::size_t kGemmMaxRows = kGemmBufWords / 16;
+
+// Accumulator vector: fp32 sums for bf16, exact int32 sums for int8.
+template <bool kBf16>
+struct DotAcc {
+  using T = __m512;
+};
+template <>
+struct DotAcc<false> {
+  using T = __m512i;
+};
+
+template <bool kBf16, int NV, int MR>
+inline void gemm_tile(const uint32_t* panel, int groups, const uint32_t* q, std::size_t qs,
+                      const float* row_scale, const float* bias, const float* scale,
+                      const int32_t* comp, int ncols, float* c, std::size_t ldc) {
+  typename DotAcc<kBf16>::T acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (kBf16)
+        acc[r][v] = _mm512_setzero_ps();
+      else
+        acc[r][v] = _mm512_setzero_si512();
+    }
+  for (int p = 0; p < groups; ++p) {
+    __m512i wv[NV];
+    for (int v = 0; v < NV; ++v)
+      wv[v] = _mm512_loadu_si512(panel + (static_cast<std::size_t>(p) * NV + v) * 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(q[static_cast<std::size_t>(r) * qs + p]));
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (kBf16)
+          acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)wv[v], (__m512bh)av);
+        else
+          acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, wv[v]);
+      }
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    const int cols = ncols - v * 16;
+    if (cols <= 0) break;
+    const __mmask16 mk = mask_of(cols);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mk, bias + v * 16) : _mm512_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      __m512 s;
+      if constexpr (kBf16) {
+        s = acc[r][v];
+      } else {
+        // Scales and corrections are padded to whole panels: full loads are in bounds.
+        const __m512 d = _mm512_cvtepi32_ps(
+            _mm512_sub_epi32(acc[r][v], _mm512_loadu_si512(comp + v * 16)));
+        s = _mm512_mul_ps(_mm512_mul_ps(d, _mm512_loadu_ps(scale + v * 16)),
+                          _mm512_set1_ps(row_scale[r]));
+      }
+      _mm512_mask_storeu_ps(c + static_cast<std::size_t>(r) * ldc + v * 16, mk, _mm512_add_ps(s, b));
+    }
+  }
+}
+
+template <bool kBf16, int NV, int R>
+inline void gemm_tail(int rows, const uint32_t* panel, int groups, const uint32_t* q,
+                      std::size_t qs, const float* row_scale, const float* bias,
+                      const float* scale, const int32_t* comp, int ncols, float* c,
+                      std::size_t ldc) {
+  if constexpr (R > 0) {
+    if (rows == R)
+      return gemm_tile<kBf16, NV, R>(panel, groups, q, qs, row_scale, bias, scale, comp, ncols, c,
+                                     ldc);
+    gemm_tail<kBf16, NV, R - 1>(rows, panel, groups, q, qs, row_scale, bias, scale, comp, ncols,
+                                c, ldc);
+  }
+}
+
+template <bool kBf16, int NV, int MR>
+void gemm_typed(const PackedGemm& w, const float* a, std::size_t lda, int m, float* c,
+                std::size_t ldc) {
+  constexpr int NR = NV * 16;
+  const RecLayout layout = kBf16 ? RecLayout::kPairs : RecLayout::kQuads;
+  const int groups = kBf16 ? (w.k + 1) / 2 : (w.k + 3) / 4;
+  const std::size_t qs = hq_words(w.k, layout);
+  assert(w.k <= kDotGemmMaxK && qs * MR <= kGemmBufWords);
+  const std::size_t fit = kGemmBufWords / qs;
+  const int block = static_cast<int>((fit < kGemmMaxRows ? fit : kGemmMaxRows) / MR * MR);
+  alignas(64) uint32_t q[kGemmBufWords];
+  float row_scale[kGemmMaxRows];
+  const uint32_t* wb = kBf16 ? reinterpret_cast<const uint32_t*>(w.bf16)
+                             : reinterpret_cast<const uint32_t*>(w.i8);
+  const int panels = (w.n + NR - 1) / NR;
+  for (int r0 = 0; r0 < m; r0 += block) {
+    const int rows = m - r0 < block ? m - r0 : block;
+    const float* ar = a + static_cast<std::size_t>(r0) * lda;
+    if constexpr (kBf16)
+      to_bf16_pairs(ar, lda, rows, w.k, q, qs);
+    else
+      to_u8(ar, lda, rows, w.k, q, qs, row_scale);
+    for (int p = 0; p < panels; ++p) {
+      const uint32_t* panel = wb + static_cast<std::size_t>(p) * groups * NR;
+      const float* bias = w.bias ? w.bias + p * NR : nullptr;
+      const float* scale = kBf16 ? nullptr : w.scale + p * NR;
+      const int32_t* comp = kBf16 ? nullptr : w.comp + p * NR;
+      const int ncols = w.n - p * NR;
+      float* cp = c + static_cast<std::size_t>(r0) * ldc + p * NR;
+      int r = 0;
+      for (; r + MR <= rows; r += MR)
+        gemm_tile<kBf16, NV, MR>(panel, groups, q + r * qs, qs, row_scale + r, bias, scale, comp,
+                                 ncols, cp + r * ldc, ldc);
+      if (r < rows)
+        gemm_tail<kBf16, NV, MR - 1>(rows - r, panel, groups, q + r * qs, qs, row_scale + r, bias,
+                                     scale, comp, ncols, cp + r * ldc, ldc);
+    }
+  }
+}
+
+template <int NV, int MR>
+void gemm(const PackedGemm& w, const float* a, std::size_t lda, int m, float* c,
+          std::size_t ldc) {
+  if (w.layout == RecLayout::kPairs)
+    gemm_typed<true, NV, MR>(w, a, lda, m, c, ldc);
+  else
+    gemm_typed<false, NV, MR>(w, a, lda, m, c, ldc);
+}
+
+}  // namespace dot_impl
+}  // namespace rnninfer
