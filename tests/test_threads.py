@@ -37,8 +37,8 @@ ARCHS = {
 }
 
 
-def _model(layers, threads, seed=1):
-    return rnninfer.build(layers, seed=seed, threads=threads)
+def _model(layers, threads, seed=1, precision=None):
+    return rnninfer.build(layers, seed=seed, threads=threads, precision=precision)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -53,11 +53,12 @@ def test_thread_counts_agree_bitwise(arch, batch, rng):
         assert np.array_equal(got, want), (arch, batch, threads)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize(("arch", "threads"), [("split64", 2), ("split128", 2), ("split128", 4)])
-def test_split_plans_are_used_and_exact(arch, threads, rng):
+def test_split_plans_are_used_and_exact(arch, threads, precision, rng):
     """Threads splitting hidden units: the plan is really used, and bits match one thread."""
     layers = ARCHS[arch]
-    one, many = _model(layers, 1), _model(layers, threads)
+    one, many = _model(layers, 1, precision=precision), _model(layers, threads, precision=precision)
     if one.spec.input.kind == "tokens":
         # The first call of a fresh model (later calls may back off to other
         # plans if a barrier waited long on this shared machine; bits agree anyway).
