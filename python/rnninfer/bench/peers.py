@@ -432,6 +432,36 @@ def prepare_onnxruntime_int8(spec: Any, tensors: Tensors, threads: int) -> Prepa
     return prepare_onnxruntime(spec, tensors, threads, quantize=True)
 
 
+def prepare_openvino(spec: Any, tensors: Tensors, threads: int, precision: str = "f32") -> Prepared:
+    """OpenVINO (CPU plugin) on the same exported ONNX model; ``precision`` is its inference hint."""
+    _check_supported(spec, "openvino")
+    import openvino as ov
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory(prefix="rnninfer-bench-ov-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        note = export_onnx(spec, tensors, path)
+        compiled = core.compile_model(core.read_model(path), "CPU", {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        })
+    request = compiled.create_infer_request()
+    dtype = np.int64 if spec.input.kind == "tokens" else np.float32
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({0: np.asarray(x, dtype=dtype)})
+        return np.array(request.get_output_tensor(0).data, copy=True)
+
+    return Prepared(run, f"openvino {ov.__version__} ({precision}; CPU plugin; torch {_torch_version()} {note})")
+
+
+def prepare_openvino_bf16(spec: Any, tensors: Tensors, threads: int) -> Prepared:
+    """OpenVINO with bf16 inference precision (its fast path on CPUs with AVX512_BF16/AMX)."""
+    return prepare_openvino(spec, tensors, threads, precision="bf16")
+
+
 def _torch_version() -> str:
     import torch
 
@@ -559,6 +589,9 @@ PEERS: tuple[Peer, ...] = (
     Peer("pytorch", "torch", ("torch",), prepare_pytorch),
     Peer("onnxruntime", "onnxruntime", ("onnxruntime", "onnx", "torch"), prepare_onnxruntime),
     Peer("onnxruntime-int8", "onnxruntime", ("onnxruntime", "onnx", "torch"), prepare_onnxruntime_int8,
+         REDUCED_CHECK_TOLERANCE),
+    Peer("openvino", "openvino", ("openvino", "onnx", "torch"), prepare_openvino),
+    Peer("openvino-bf16", "openvino", ("openvino", "onnx", "torch"), prepare_openvino_bf16,
          REDUCED_CHECK_TOLERANCE),
     Peer("keras-xla", "keras", ("keras", "tensorflow"), prepare_keras_xla),
     Peer("keras-eager", "keras", ("keras", "tensorflow"), prepare_keras_eager),
