@@ -381,7 +381,8 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
   const int threads = call.pool_lock.owns_lock() ? pool_->size() : 1;
   const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                           std::chrono::steady_clock::now().time_since_epoch()).count();
-  const bool may_split = now >= split_backoff_until_ns_.load(std::memory_order_relaxed);
+  const bool may_split = now >= split_backoff_until_ns_.load(std::memory_order_relaxed) &&
+                         (trace == nullptr || trace->allow_split);
   if (ws.plan_steps != ws.steps || ws.plan_batch != ws.batch || ws.plan_threads != threads ||
       ws.plan_may_split != may_split) {
     // Split plans need unit slices aligned to gemm panels (and 0 disables them).

@@ -54,6 +54,7 @@ struct LayerWeights {
 struct CallTrace {
   Plan plan;
   std::vector<Workspace::TraceRecord> records;
+  bool allow_split = true;  // false: plan this call without split plans (their units are not timed)
 };
 
 class Engine {

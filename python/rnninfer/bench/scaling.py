@@ -46,7 +46,9 @@ def _build(layers: int, bidirectional: bool, threads: int) -> Any:
 
 def _trace(model: Any, x: np.ndarray, repeats: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[list[Any]]]:
     lengths = np.full(x.shape[0], x.shape[1], dtype=np.int32)
-    runs = [model._engine.trace_tokens(x, lengths) for _ in range(repeats)]
+    # Split plans run every unit on all threads at once and are not traced
+    # per unit: the projection is of the unit-graph (wavefront) plans.
+    runs = [model._engine.trace_tokens(x, lengths, allow_split=False) for _ in range(repeats)]
     _, plan, units, _ = runs[0]
     return plan, units, [r[3] for r in runs]
 
@@ -126,6 +128,9 @@ def markdown(res: dict[str, Any]) -> str:
     cores = res["cores"]
     lines = [
         f"# Projected wavefront scaling (batch 1, T = {res['T']}, from measured unit costs)",
+        "",
+        ("Wavefront plans only (`trace_tokens(..., allow_split=False)`); at batch 1 the engine prefers "
+         "split plans where layers allow them (see bench/results/headline.md for their measured times)."),
         "",
         "| model | 1 core measured ms | 2 cores measured ms (speedup) | "
         + " | ".join(f"{p} cores projected ms (speedup, threads used)" for p in cores if p > 1) + " |",
