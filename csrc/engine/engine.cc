@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <cassert>
 #include <chrono>
 #include <atomic>
 #include <exception>
@@ -634,52 +635,37 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
     }
   }
 
-  // Input projections of the block: one gemm over its rows when the shard is
-  // the whole batch (rows of consecutive steps are contiguous), else one per step.
+  // Input projections of the block, row r of the block at xproj row r: plans
+  // have one shard (large batches run as independent sub-calls), so the rows
+  // of consecutive steps are contiguous and the block is one gemm.
+  assert(s0 == 0 && s1 == ws.batch);
   const float* in = ws.stream(u.layer);
-  const bool whole = s0 == 0 && s1 == ws.batch;
   const int64_t r0 = ws.offset[static_cast<size_t>(t_begin)];
+  const int block_rows = static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0);
   const bool projected = plan.projected[static_cast<size_t>(u.layer)];
   if (projected) {
     // Done by kProject units into ws.proj (read below).
   } else if (dw.token_proj.size() != 0) {
     const std::size_t bytes = static_cast<std::size_t>(GH) * sizeof(float);
-    float* dst = sc.xproj.data();
-    for (int t = t_begin; t < t_end; ++t) {
-      const int n = std::min(s1, ws.active[static_cast<size_t>(t)]) - s0;
-      const int64_t first = ws.offset[static_cast<size_t>(t)] + s0;
-      float* step_dst = whole ? sc.xproj.data() + (ws.offset[static_cast<size_t>(t)] - r0) * GH
-                              : dst + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH;
-      for (int i = 0; i < n; ++i) {
-        const float* src =
-            dw.token_proj.data() + static_cast<std::size_t>(ws.token[static_cast<size_t>(first + i)]) * GH;
-        if (slice == nullptr) {
-          std::memcpy(step_dst + static_cast<std::size_t>(i) * GH, src, bytes);
-        } else {
-          for (int g = 0; g < L.gates(); ++g)
-            std::memcpy(step_dst + static_cast<std::size_t>(i) * GH + g * H + u0, src + g * H + u0, slice_bytes);
-        }
+    for (int i = 0; i < block_rows; ++i) {
+      const float* src =
+          dw.token_proj.data() + static_cast<std::size_t>(ws.token[static_cast<size_t>(r0 + i)]) * GH;
+      float* dst = sc.xproj.data() + static_cast<std::size_t>(i) * GH;
+      if (slice == nullptr) {
+        std::memcpy(dst, src, bytes);
+      } else {
+        for (int g = 0; g < L.gates(); ++g) std::memcpy(dst + g * H + u0, src + g * H + u0, slice_bytes);
       }
     }
-  } else if (whole && slice != nullptr) {
+  } else if (slice != nullptr) {
     // This slice's columns of every gate block.
     for (int g = 0; g < L.gates(); ++g)
       kernels_->gemm(gemm_columns(dw.wx.view, g * H + u0, u1 - u0), in + r0 * in_w,
-                     static_cast<std::size_t>(in_w), static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0),
-                     sc.xproj.data() + g * H + u0, static_cast<std::size_t>(GH));
-  } else if (whole) {
-    kernels_->gemm(dw.wx.view, in + r0 * in_w, static_cast<std::size_t>(in_w),
-                   static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0), sc.xproj.data(),
-                   static_cast<std::size_t>(GH));
+                     static_cast<std::size_t>(in_w), block_rows, sc.xproj.data() + g * H + u0,
+                     static_cast<std::size_t>(GH));
   } else {
-    for (int t = t_begin; t < t_end; ++t) {
-      const int n = std::min(s1, ws.active[static_cast<size_t>(t)]) - s0;
-      if (n > 0)
-        kernels_->gemm(dw.wx.view, in + (ws.offset[static_cast<size_t>(t)] + s0) * in_w,
-                       static_cast<std::size_t>(in_w), n,
-                       sc.xproj.data() + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH,
-                       static_cast<std::size_t>(GH));
-    }
+    kernels_->gemm(dw.wx.view, in + r0 * in_w, static_cast<std::size_t>(in_w), block_rows,
+                   sc.xproj.data(), static_cast<std::size_t>(GH));
   }
 
   float* y_base;
@@ -727,8 +713,7 @@ void Engine::run_direction(Workspace& ws, const Plan& plan, const Unit& u, int t
     if (projected)
       a.xp = ws.proj[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)].data() + row0 * GH;
     else
-      a.xp = whole ? sc.xproj.data() + (ws.offset[static_cast<size_t>(t)] - r0) * GH
-                   : sc.xproj.data() + static_cast<std::size_t>(t - t_begin) * (s1 - s0) * GH;
+      a.xp = sc.xproj.data() + (row0 - r0) * GH;
     a.c_prev = c_prev;
     a.c_next = c_next;
     if (proj) {
