@@ -552,14 +552,19 @@ void Engine::run_split(Workspace& ws, const Plan& plan) const {
     }
     barrier.wait();
   });
-  if (barrier.slow()) {
-    // A thread was kept waiting at a step barrier (another process holds a
-    // core): per-step hand-offs are then slow, so calls use block hand-offs
-    // (the wavefront) for a while. Only speed changes, never results.
-    const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                            std::chrono::steady_clock::now().time_since_epoch()).count();
-    split_backoff_until_ns_.store(now + kSplitBackoff.count(), std::memory_order_relaxed);
+  if (!barrier.slow()) {
+    split_strikes_.store(0, std::memory_order_relaxed);
+    return;
   }
+  // A thread was kept waiting at a step barrier past the spin budget. Only
+  // when that keeps happening (another process holds a core) do per-step
+  // hand-offs lose to block hand-offs: calls then use the wavefront for a
+  // while. Only speed changes, never results.
+  if (split_strikes_.fetch_add(1, std::memory_order_relaxed) + 1 < kSplitStrikes) return;
+  split_strikes_.store(0, std::memory_order_relaxed);
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  split_backoff_until_ns_.store(now + kSplitBackoff.count(), std::memory_order_relaxed);
 }
 
 void Engine::timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const {

@@ -130,7 +130,11 @@ class Engine {
   };
   // How long a split call waits for its threads to join before running alone.
   static constexpr std::chrono::microseconds kJoinWait{100};
-  // After a split call was held up at a step barrier, calls avoid split plans this long.
+  // Split calls held up at a step barrier this many times in a row mean another
+  // process competes for the cores (a single hold-up is a passing kernel thread
+  // or hypervisor tick, which costs any plan about the same): calls then avoid
+  // split plans for kSplitBackoff.
+  static constexpr int kSplitStrikes = 3;
   static constexpr std::chrono::nanoseconds kSplitBackoff{std::chrono::seconds(2)};
 
   void run_split(Workspace& ws, const Plan& plan) const;
@@ -151,6 +155,7 @@ class Engine {
   std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers; nullptr for one thread
   // Scheduling hint only (never affects results): until when split plans are avoided.
   mutable std::atomic<int64_t> split_backoff_until_ns_{0};
+  mutable std::atomic<int> split_strikes_{0};  // consecutive held-up split calls
   mutable std::mutex spare_mu_;
   mutable std::mutex trace_mu_;  // only taken when a call is traced
   mutable std::vector<std::unique_ptr<Workspace>> spare_;  // workspaces kept for reuse
