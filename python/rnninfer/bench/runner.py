@@ -15,9 +15,11 @@ float64 reference (``rnninfer.reference``) on a small batch and on the first
 and last rows of the timed batch; an engine that disagrees by more than
 ``1e-4`` is reported, never timed. Timing is done in interleaved rounds: in
 each round every engine makes a calibrated number of back-to-back calls
-(about ``--round-ms`` of work), in a rotating order, with a short pause
-between engines so one framework's spinning thread pool does not steal from
-the next. Per-call latencies from all rounds give median, p99 and
+(about ``--round-ms`` of work), in a rotating order, with a pause between
+engines so one framework's spinning thread pool does not steal from the next
+(PyTorch's OpenMP workers keep spinning for several milliseconds after a call;
+with 0-5 ms pauses they set rnninfer's 2-thread p99 at batch 1 to ~4.6 ms
+instead of ~0.8 ms, hence 50 ms). Per-call latencies from all rounds give median, p99 and
 throughput. The machine limit comes from ``machine.py``, measured in the same
 run. Results go to ``<out>.json``, ``<out>.md`` and ``<out>.png``.
 
@@ -221,7 +223,7 @@ def run_items(
     engines: Sequence[str] | None = None,
     rounds: int = 20,
     round_ms: float = 100.0,
-    pause_ms: float = 10.0,
+    pause_ms: float = 50.0,
     warmup: int = 3,
     max_call_s: float = 10.0,
     seed: int = 0,
@@ -654,7 +656,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", default="1,64", help="batch sizes when timing a model file")
     p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
     p.add_argument("--round-ms", type=float, default=100.0, help="work per engine per round (default 100)")
-    p.add_argument("--pause-ms", type=float, default=10.0, help="pause between engines (default 10)")
+    p.add_argument("--pause-ms", type=float, default=50.0, help="pause between engines (default 50)")
     p.add_argument("--engines", default=",".join(peers.PEER_NAMES),
                    help=f"comma-separated subset of {','.join(peers.PEER_NAMES)}")
     p.add_argument("--max-call-s", type=float, default=10.0, help="skip an engine slower than this per call")
