@@ -66,6 +66,13 @@ def test_split_plans_are_used_and_exact(arch, threads, precision, rng):
         out, plan, _, _ = many._engine.trace_tokens(x[None, :], np.array([70], np.int32))
         assert plan["split"] == threads
         assert np.array_equal(out[0], one.predict(x))
+        # Small ragged batches (fewer than 4 rows per thread) split too; rows
+        # leave the batch mid-block.
+        lengths = np.array([70, 65, 33, 16, 3, 1], np.int32)
+        xb = rng.integers(1, 50, size=(6, 70))
+        out, plan, _, _ = many._engine.trace_tokens(xb, lengths)
+        assert plan["split"] == threads
+        assert np.array_equal(out, one.predict(xb, lengths=lengths))
     for T in (1, 5, 40, 130):
         x = random_inputs(one, rng, 1, max_len=T, zero_frac=0.2)[0]
         assert np.array_equal(many.predict(x), one.predict(x))

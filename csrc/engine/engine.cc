@@ -338,7 +338,7 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
     fill(ws, ws.stream(0));
     run(ws, call, out);
   };
-  if (threads > 1 && batch >= 2 * threads && trace == nullptr) {
+  if (threads > 1 && batch >= kShardRows * threads && trace == nullptr) {
     // Enough sequences: each thread takes a shard of the batch (balanced by
     // total steps) through the whole model as an independent sub-call, with
     // its own workspace: no hand-offs, and every block of a shard is one

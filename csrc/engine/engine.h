@@ -128,6 +128,12 @@ class Engine {
     int index, count;
     StepBarrier* barrier;
   };
+  // Fewest sequences per thread for batch shards. A shard of fewer rows streams
+  // all the weights for little arithmetic, and every thread doing that at once
+  // contends for the shared cache: at 2 rows per shard two threads ran slower
+  // than one (LSTM(256), batch 4: 0.64-0.95x), while the unit-graph and split
+  // plans gave 1.5-1.9x. At 4 rows per shard shards win or tie.
+  static constexpr int kShardRows = 4;
   // How long a split call waits for its threads to join before running alone.
   static constexpr std::chrono::microseconds kJoinWait{100};
   // Split calls held up at a step barrier this many times in a row mean another
