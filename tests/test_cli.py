@@ -94,17 +94,19 @@ def test_bench_a_model_file(model_file: Path, tmp_path: Path) -> None:
     """`rnninfer bench MODEL` times the model (rnninfer only here) and writes its result files."""
     out = tmp_path / "res"
     r = subprocess.run(
-        [sys.executable, "-m", "rnninfer", "bench", str(model_file), "--engines", "rnninfer", "--threads", "1",
+        [sys.executable, "-m", "rnninfer", "bench", str(model_file), "--engines", "rnninfer", "--threads", "1,2",
          "--rounds", "2", "--round-ms", "5", "--steps", "6", "--batches", "1,3", "--no-progress",
          "--out", str(out)],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(Path(str(out) + ".json").read_text())
-    assert {c["batch"] for c in res["cases"]} == {1, 3}
+    assert {(c["batch"], c["threads"]) for c in res["cases"]} == {(1, 1), (3, 1), (1, 2), (3, 2)}
     for c in res["cases"]:
         assert c["engines"]["rnninfer"]["median_ms"] > 0
-    assert "| rnninfer |" in Path(str(out) + ".md").read_text()
+    md = Path(str(out) + ".md").read_text()
+    assert "| rnninfer |" in md
+    assert "## Thread scaling (same run)" in md
 
 
 def test_version_flag() -> None:

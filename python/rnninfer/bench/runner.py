@@ -518,7 +518,61 @@ def markdown(res: Mapping[str, Any]) -> str:
                 lines.append(f"| {c['name']} | {n} | {st.get('status')}: {str(st.get('reason', ''))[:120]} "
                              "| | | | | | | |")
     lines.append("")
+    lines += scaling_lines(res)
     return "\n".join(lines)
+
+
+def scaling_rows(res: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Same-run thread scaling: every case timed at 1 thread and at more, per engine.
+
+    One row per (case at ``n > 1`` threads, engine) whose 1-thread twin (same
+    model, ``T`` and batch) was timed too: medians and p99 at both counts, the
+    speedup of the medians, and rnninfer's speedup over the engine at ``n``.
+    """
+    by_key = {(c["model"], c["T"], c["batch"], c["threads"]): c for c in res["cases"]}
+    rows = []
+    for c in res["cases"]:
+        if c["threads"] == 1:
+            continue
+        one = by_key.get((c["model"], c["T"], c["batch"], 1))
+        if one is None:
+            continue
+        ours = c["engines"].get("rnninfer", {}).get("median_ms")
+        for n, st in c["engines"].items():
+            st1 = one["engines"].get(n, {})
+            if "median_ms" not in st or "median_ms" not in st1:
+                continue
+            rows.append({
+                "model": c["model"], "T": c["T"], "batch": c["batch"], "threads": c["threads"], "engine": n,
+                "median_1t_ms": st1["median_ms"], "p99_1t_ms": st1["p99_ms"],
+                "median_ms": st["median_ms"], "p99_ms": st["p99_ms"],
+                "speedup": st1["median_ms"] / st["median_ms"],
+                "rnninfer_vs_engine": (st["median_ms"] / ours) if ours and n != "rnninfer" else None,
+            })
+    return rows
+
+
+def scaling_lines(res: Mapping[str, Any]) -> list[str]:
+    """The Markdown section for :func:`scaling_rows` (empty when no case ran at 1 and more threads)."""
+    rows = scaling_rows(res)
+    if not rows:
+        return []
+    lines = [
+        "## Thread scaling (same run)", "",
+        ("speedup = median at 1 thread / median at n threads; vs rnninfer = this engine's median / "
+         "rnninfer's median at n threads."), "",
+        ("| model | T | batch | n | engine | 1 thread median / p99 ms | n threads median / p99 ms | speedup "
+         "| vs rnninfer |"),
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['T']} | {r['batch']} | {r['threads']} | {r['engine']} | "
+            f"{r['median_1t_ms']:.3f} / {r['p99_1t_ms']:.3f} | {r['median_ms']:.3f} / {r['p99_ms']:.3f} | "
+            f"{r['speedup']:.2f}x | {_fmt(r['rnninfer_vs_engine'], '.2f')} |"
+        )
+    lines.append("")
+    return lines
 
 
 def plot(res: Mapping[str, Any], path: Path) -> bool:
