@@ -521,6 +521,7 @@ void Engine::run_split(Workspace& ws, const Plan& plan) const {
   // core descheduled) makes the caller run the plan alone; the late worker
   // then sees the decision and leaves.
   const int n = plan.split;
+  const auto start = std::chrono::steady_clock::now();
   std::atomic<int> joined{0};
   std::atomic<int> mode{0};  // 0 gathering, 1 split, 2 caller alone
   StepBarrier barrier(n);
@@ -552,14 +553,19 @@ void Engine::run_split(Workspace& ws, const Plan& plan) const {
     }
     barrier.wait();
   });
-  if (!barrier.slow()) {
+  // Threads kept waiting at step barriers for a large part of the call mean
+  // another process holds a core: per-step hand-offs then lose to block
+  // hand-offs. Several such calls in a row make calls use the wavefront for
+  // a while. A passing interruption (a kernel thread, a hypervisor tick) is
+  // a small part of a long call and costs every plan about the same; it
+  // counts only against short calls, and only repeatedly.
+  if (mode.load(std::memory_order_relaxed) != 1) return;  // ran alone: no barrier to judge
+  const int64_t call_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - start).count();
+  if (barrier.long_wait_ns() * 4 < call_ns) {
     split_strikes_.store(0, std::memory_order_relaxed);
     return;
   }
-  // A thread was kept waiting at a step barrier past the spin budget. Only
-  // when that keeps happening (another process holds a core) do per-step
-  // hand-offs lose to block hand-offs: calls then use the wavefront for a
-  // while. Only speed changes, never results.
   if (split_strikes_.fetch_add(1, std::memory_order_relaxed) + 1 < kSplitStrikes) return;
   split_strikes_.store(0, std::memory_order_relaxed);
   const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(

@@ -136,10 +136,9 @@ class Engine {
   static constexpr int kShardRows = 4;
   // How long a split call waits for its threads to join before running alone.
   static constexpr std::chrono::microseconds kJoinWait{100};
-  // Split calls held up at a step barrier this many times in a row mean another
-  // process competes for the cores (a single hold-up is a passing kernel thread
-  // or hypervisor tick, which costs any plan about the same): calls then avoid
-  // split plans for kSplitBackoff.
+  // Split calls whose threads together spent over a quarter of the call in long
+  // barrier waits, this many in a row, make calls avoid split plans for
+  // kSplitBackoff (see run_split).
   static constexpr int kSplitStrikes = 3;
   static constexpr std::chrono::nanoseconds kSplitBackoff{std::chrono::seconds(2)};
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -67,7 +68,9 @@ inline void cpu_relax() {
 
 // A reusable barrier for a fixed group of threads that meet many times in a
 // row (once per step): spins, then yields; never sleeps, since the other
-// threads are a few microseconds away.
+// threads are a few microseconds away. It also adds up the time spent in
+// long waits, which tells a core held by another process (long waits at
+// many steps) from a passing interruption.
 class StepBarrier {
  public:
   explicit StepBarrier(int n) : n_(n) {}
@@ -78,23 +81,28 @@ class StepBarrier {
       gen_.fetch_add(1, std::memory_order_release);
       return;
     }
+    // Waits are normally a few microseconds; one that passes kProbe spins is
+    // timed from there (so the clock is never read on the fast path).
+    std::chrono::steady_clock::time_point late{};
     for (int spin = 0; gen_.load(std::memory_order_acquire) == gen; ++spin) {
-      if (spin < kSpins) {
+      if (spin == kProbe) late = std::chrono::steady_clock::now();
+      if (spin < kSpins)
         cpu_relax();
-      } else {
-        // Past the spin budget another thread is likely descheduled: note it
-        // (the engine then stops splitting steps for a while) and yield.
-        slow_.store(true, std::memory_order_relaxed);
+      else
         std::this_thread::yield();
-      }
+    }
+    if (late != std::chrono::steady_clock::time_point{}) {
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - late);
+      long_wait_ns_.fetch_add(static_cast<int64_t>(ns.count()), std::memory_order_relaxed);
     }
   }
-  // True if some wait outlasted the spin budget.
-  bool slow() const { return slow_.load(std::memory_order_relaxed); }
+  // Total time threads spent in long waits (past kProbe spins, ~25 us).
+  int64_t long_wait_ns() const { return long_wait_ns_.load(std::memory_order_relaxed); }
 
  private:
-  static constexpr int kSpins = 20000;
-  std::atomic<bool> slow_{false};
+  static constexpr int kProbe = 1000;   // ~25 us of pause instructions on Zen 4/5
+  static constexpr int kSpins = 20000;  // ~0.5 ms; then yield the core
+  std::atomic<int64_t> long_wait_ns_{0};
   const int n_;
   std::atomic<int> count_{0};
   std::atomic<int> gen_{0};
