@@ -56,15 +56,23 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
   const int shards = 1;
   plan.shard_begin = {0, B};
   plan.wavefront = plan.threads > 1 && plan.split == 1;
+  // Only a forward layer feeds the next layer block by block; after a layer
+  // read backwards the next one waits for the whole sequence anyway.
+  bool pipelined = false;
+  for (int l = 1; l < L; ++l) {
+    const LayerDesc& below = desc.layers[static_cast<size_t>(l) - 1];
+    pipelined = pipelined || (below.dirs() == 1 && below.direction == Direction::kForward);
+  }
   // A wavefront fills and drains one block per layer boundary: smaller blocks
   // there, while each block still amortises its gemm over several steps.
-  plan.block_steps = plan.wavefront ? std::max(4, std::min(kTimeBlock, steps / 12)) : kTimeBlock;
+  // Without such a boundary small blocks only re-stream the input weights.
+  plan.block_steps = plan.wavefront && pipelined ? std::max(4, std::min(kTimeBlock, steps / 12)) : kTimeBlock;
   // Block boundaries. A wavefront also ramps its blocks up at the start and
   // down at the end (1, 2, 4 steps ...): the pipeline fills and drains
   // through one block per layer boundary, during which other threads wait.
   plan.block_begin.assign(1, 0);
   std::vector<int> ramp;
-  if (plan.wavefront)
+  if (plan.wavefront && pipelined)
     for (int r = 2; r < plan.block_steps && r <= 2 && 4 * r <= steps; r *= 2) ramp.push_back(r);
   int head = 0, tail = 0;
   for (int r : ramp) head += r;

@@ -135,6 +135,18 @@ def scaling(threads: Sequence[int] = (1, 2)) -> list[Case]:
     ]
 
 
+def scheduler(threads: Sequence[int] = (1, 2)) -> list[Case]:
+    """The multi-threaded scheduler's target shapes, each at every thread count.
+
+    The headline model at batch 1 and 64, a 4-layer LSTM(256) at T=128 batch 1,
+    and a bidirectional 2-layer LSTM(256) at batch 1 for T 32/128/512.
+    """
+    shapes = [dataclasses.replace(HEADLINE_MODEL, batch=b) for b in (1, 64)]
+    shapes.append(Case(hidden=256, layers=4, T=128, batch=1))
+    shapes += [Case(hidden=256, layers=2, bidirectional=True, T=t, batch=1) for t in (32, 128, 512)]
+    return [dataclasses.replace(c, threads=t) for c in shapes for t in threads]
+
+
 def kernels(threads: Sequence[int] = (1,)) -> list[Case]:
     """The single-engine targets: headline, GRU of the same shape at T=128, and the per-call floor."""
     out = headline(threads)
@@ -144,7 +156,8 @@ def kernels(threads: Sequence[int] = (1,)) -> list[Case]:
     return out
 
 
-SUITES = {"headline": headline, "quick": quick, "grid": grid, "scaling": scaling, "kernels": kernels}
+SUITES = {"headline": headline, "quick": quick, "grid": grid, "scaling": scaling, "kernels": kernels,
+          "scheduler": scheduler}
 
 
 def select(suite: str, threads: Iterable[int]) -> list[Case]:

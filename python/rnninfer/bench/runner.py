@@ -705,6 +705,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="headline, GRU T=128 and the per-call floor (1 layer, H=16, T=1)")
     suite.add_argument("--scaling", dest="suite", action="store_const", const="scaling",
                        help="thread scaling: layers 1/2/4, bidirectional, batch 1/8/64, T 32/128/512")
+    suite.add_argument("--scheduler", dest="suite", action="store_const", const="scheduler",
+                       help="the scheduler's targets: headline b1/b64, 4-layer T=128 b1, "
+                            "bidirectional 2-layer b1 at T 32/128/512")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--steps", type=int, default=64, help="sequence length when timing a model file")
     p.add_argument("--batches", default="1,64", help="batch sizes when timing a model file")
