@@ -474,7 +474,8 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
     };
     // Waits until unit i can run or someone else claimed it; false if the call failed.
     auto wait_ready = [&](int i) {
-      for (int spin = 0; !ready(i); ++spin) {
+      // The count saturates: a wait may outlast any int (a descheduled thread).
+      for (int spin = 0; !ready(i); spin = std::min(spin + 1, kSpinBeforeYield)) {
         if (failed.load(std::memory_order_relaxed)) return false;
         if (claimed[static_cast<size_t>(i)].load(std::memory_order_relaxed) != 0) return true;
         if (spin < kSpinBeforeYield)

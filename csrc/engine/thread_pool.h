@@ -11,6 +11,7 @@
 // busy once calls stop.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -84,7 +85,8 @@ class StepBarrier {
     // Waits are normally a few microseconds; one that passes kProbe spins is
     // timed from there (so the clock is never read on the fast path).
     std::chrono::steady_clock::time_point late{};
-    for (int spin = 0; gen_.load(std::memory_order_acquire) == gen; ++spin) {
+    // The count saturates at kSpins: a wait may outlast any int.
+    for (int spin = 0; gen_.load(std::memory_order_acquire) == gen; spin = std::min(spin + 1, kSpins)) {
       if (spin == kProbe) late = std::chrono::steady_clock::now();
       if (spin < kSpins)
         cpu_relax();
