@@ -78,6 +78,34 @@ def test_split_plans_are_used_and_exact(arch, threads, precision, rng):
         assert np.array_equal(many.predict(x), one.predict(x))
 
 
+def test_split_plans_stay_exact_on_a_busy_machine(rng):
+    """Every core busy with another process: per-step barriers wait for time
+    slices, calls may back off to other plans, and the bits never change."""
+    import os
+    import subprocess
+    import sys
+
+    layers = ARCHS["split64"]
+    one, two = _model(layers, 1), _model(layers, 2)
+    xs = [rng.integers(1, 50, size=int(n)) for n in rng.integers(20, 41, size=6)]
+    want = [one.predict(x) for x in xs]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    hogs = [subprocess.Popen([sys.executable, "-c", "print('busy', flush=True)\nwhile True: pass"],
+                             stdout=subprocess.PIPE, text=True) for _ in range(cpus)]
+    try:
+        for h in hogs:  # every hog is spinning before the calls start
+            assert h.stdout is not None
+            assert h.stdout.readline().strip() == "busy"
+        for x, w in zip(xs, want):
+            assert np.array_equal(two.predict(x), w)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+            if h.stdout is not None:
+                h.stdout.close()
+
+
 def test_single_sequence_lengths_around_block_edges(rng):
     """Steps just below, at and above block sizes, for wavefront plans."""
     layers = ARCHS["stack4"]
