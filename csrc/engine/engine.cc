@@ -561,17 +561,15 @@ void Engine::run_split(Workspace& ws, const Plan& plan) const {
   // a small part of a long call and costs every plan about the same; it
   // counts only against short calls, and only repeatedly.
   if (mode.load(std::memory_order_relaxed) != 1) return;  // ran alone: no barrier to judge
-  const int64_t call_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              std::chrono::steady_clock::now() - start).count();
-  if (barrier.long_wait_ns() * 4 < call_ns) {
+  const auto end = std::chrono::steady_clock::now();
+  if (barrier.long_wait_ns() * 4 < std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count()) {
     split_strikes_.store(0, std::memory_order_relaxed);
     return;
   }
   if (split_strikes_.fetch_add(1, std::memory_order_relaxed) + 1 < kSplitStrikes) return;
   split_strikes_.store(0, std::memory_order_relaxed);
-  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::steady_clock::now().time_since_epoch()).count();
-  split_backoff_until_ns_.store(now + kSplitBackoff.count(), std::memory_order_relaxed);
+  const int64_t end_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end.time_since_epoch()).count();
+  split_backoff_until_ns_.store(end_ns + kSplitBackoff.count(), std::memory_order_relaxed);
 }
 
 void Engine::timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const {

@@ -12,6 +12,15 @@ bool needs_finish(const LayerDesc& layer) {
   return (layer.dirs() == 2 && layer.merge != Merge::kConcat) || layer.residual_from != kNoResidual;
 }
 
+namespace {
+// A forward layer hands its output on block by block: the layer above can
+// start on block k as soon as it is done. After a layer read backwards the
+// layer above needs the whole sequence.
+bool streams_blocks(const LayerDesc& below) {
+  return below.dirs() == 1 && below.direction == Direction::kForward;
+}
+}  // namespace
+
 std::vector<int> split_batch(const std::vector<int>& lengths, int shards) {
   const int B = static_cast<int>(lengths.size());
   std::vector<int> begin{0};
@@ -56,13 +65,9 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
   const int shards = 1;
   plan.shard_begin = {0, B};
   plan.wavefront = plan.threads > 1 && plan.split == 1;
-  // Only a forward layer feeds the next layer block by block; after a layer
-  // read backwards the next one waits for the whole sequence anyway.
+  // Only a layer boundary that streams blocks can pipeline.
   bool pipelined = false;
-  for (int l = 1; l < L; ++l) {
-    const LayerDesc& below = desc.layers[static_cast<size_t>(l) - 1];
-    pipelined = pipelined || (below.dirs() == 1 && below.direction == Direction::kForward);
-  }
+  for (int l = 1; l < L; ++l) pipelined = pipelined || streams_blocks(desc.layers[static_cast<size_t>(l) - 1]);
   // A wavefront fills and drains one block per layer boundary: smaller blocks
   // there, while each block still amortises its gemm over several steps.
   // Without such a boundary small blocks only re-stream the input weights.
@@ -130,7 +135,7 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
             // producing and the consuming thread, which balances the two sides
             // of the wavefront; after a layer read backwards (a barrier) each
             // direction projects its own rows.
-            const bool streamable = below.dirs() == 1 && below.direction == Direction::kForward;
+            const bool streamable = streams_blocks(below);
             const int producer = (l - 1 + below.dirs() - 1) % plan.threads;
             const int consumer = (l + d) % plan.threads;
             u.thread = streamable ? (k % 2 == 0 ? producer : consumer) : consumer;
@@ -170,7 +175,7 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
         u.deps.push_back(id.at({static_cast<int>(Unit::Kind::kProject), u.layer, u.dir, u.block, u.shard}));
       } else if (u.layer > 0) {
         const LayerDesc& below = desc.layers[static_cast<size_t>(u.layer) - 1];
-        const bool streamable = below.dirs() == 1 && below.direction == Direction::kForward;
+        const bool streamable = streams_blocks(below);
         if (streamable && !u.reverse) {
           producers(u.layer - 1, u.block, u.shard, &u.deps);
         } else {
