@@ -231,32 +231,27 @@ _ACT_ALIASES = {
 }
 
 
+def _activation_option(option: str, name: str, allowed: tuple[str, ...], hint: str) -> str:
+    """A user's activation name (torch spellings accepted) checked against ``allowed``."""
+    if not isinstance(name, str):
+        raise TypeError(f"{option} must be a string or None, got {type(name).__name__}")
+    act = _ACT_ALIASES.get(name.lower(), name.lower())
+    if act not in allowed:
+        raise ValueError(f"{option} {name!r} is not supported; use {hint}{allowed}")
+    return act
+
+
 def _head_activation(name: str | None) -> str:
     if name is None:
         return "linear"
-    if not isinstance(name, str):
-        raise TypeError(f"head_activation must be a string or None, got {type(name).__name__}")
-    act = _ACT_ALIASES.get(name.lower(), name.lower())
-    if act not in HEAD_ACTIVATIONS:
-        raise ValueError(
-            f"head_activation {name!r} is not supported; use None, 'sigmoid', 'softmax', "
-            f"'tanh', 'relu' or one of {HEAD_ACTIVATIONS}"
-        )
-    return act
+    return _activation_option("head_activation", name, HEAD_ACTIVATIONS,
+                              "None, 'sigmoid', 'softmax', 'tanh', 'relu' or one of ")
 
 
 def _hidden_activation(name: str | None) -> str | None:
     if name is None:
         return None
-    if not isinstance(name, str):
-        raise TypeError(f"hidden_activation must be a string or None, got {type(name).__name__}")
-    act = _ACT_ALIASES.get(name.lower(), name.lower())
-    if act not in ELEMENTWISE_ACTIVATIONS:
-        raise ValueError(
-            f"hidden_activation {name!r} is not supported; use 'identity' or one of "
-            f"{ELEMENTWISE_ACTIVATIONS}"
-        )
-    return act
+    return _activation_option("hidden_activation", name, ELEMENTWISE_ACTIVATIONS, "'identity' or one of ")
 
 
 def _torch_version() -> str | None:
