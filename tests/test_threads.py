@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from helpers import random_inputs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rnninfer
 from rnninfer.layers import GRU, LSTM, RNN, Dense, Embedding, Features, GlobalAveragePooling
@@ -104,6 +106,86 @@ def test_split_plans_stay_exact_on_a_busy_machine(rng):
             h.wait()
             if h.stdout is not None:
                 h.stdout.close()
+
+
+@pytest.mark.parametrize("arch", ["sequence_out", "residual_masked", "bidir", "split64"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_uneven_batch_shards_are_exact(arch, threads, rng):
+    """Shards sized for unequal thread speeds (as measured on a loaded
+    machine) move sequences between threads; no sequence's bits change."""
+    layers = ARCHS[arch]
+    one, many = _model(layers, 1), _model(layers, threads)
+    skews = ([1.0] * threads, [1.3] + [0.7] * (threads - 1), [0.7] * (threads - 1) + [1.3])
+    for batch in (4 * threads, 4 * threads + 5, 33):
+        xs = random_inputs(one, rng, batch, max_len=50, zero_frac=0.1)
+        want = one.predict(list(xs))
+        for speeds in skews:
+            many._engine._set_shard_speeds(speeds)
+            assert np.array_equal(many.predict(list(xs)), want), (batch, speeds)
+            after = many._engine._shard_speeds()
+            assert len(after) == threads
+            assert all(1 / 1.35 - 1e-9 <= v <= 1.35 + 1e-9 for v in after)
+
+
+def test_shard_speeds_follow_the_measured_speed(rng):
+    """A call moves each thread's estimate halfway toward its measured speed: a
+    skew that the threads' equal speeds do not bear out shrinks. (Retried: a
+    core taken by another process for most of a call can skew it by itself.)"""
+    two = _model(ARCHS["split128"], 2)
+    x = rng.standard_normal((32, 40, 5)).astype(np.float32)
+    for _ in range(5):
+        two._engine._set_shard_speeds([1.3, 0.7])
+        two.predict(x)
+        fast, slow = two._engine._shard_speeds()
+        if fast < 1.3 - 1e-6 and slow > 0.7 + 1e-6:
+            return
+    pytest.fail(f"estimates did not move toward equal speeds: {fast}, {slow}")
+
+
+def test_shard_speed_hook_validated():
+    one, two = _model(ARCHS["stack4"], 1), _model(ARCHS["stack4"], 2)
+    assert one._engine._shard_speeds() == []
+    assert two._engine._shard_speeds() == [1.0, 1.0]
+    for bad in ([1.0], [1.0, 0.0], [1.0, float("nan")], [1.0, float("inf")], [1.0, -2.0]):
+        with pytest.raises(ValueError, match="shard speeds"):
+            two._engine._set_shard_speeds(bad)
+    two._engine._set_shard_speeds([3.0, 1.0])  # normalised to mean 1, then held within the skew bound
+    assert two._engine._shard_speeds() == pytest.approx([1.35, 1 / 1.35])
+
+
+def _split(lengths, speeds, min_rows):
+    return rnninfer._core._testing.split_batch_weighted(list(lengths), list(speeds), min_rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths=st.lists(st.integers(1, 100), min_size=1, max_size=80),
+       speeds=st.lists(st.floats(0.5, 2.0), min_size=1, max_size=6),
+       min_rows=st.integers(1, 6))
+def test_weighted_batch_split_properties(lengths, speeds, min_rows):
+    lengths = sorted(lengths, reverse=True)
+    b = _split(lengths, speeds, min_rows)
+    shards = min(len(speeds), len(lengths))
+    assert len(b) == shards + 1
+    assert (b[0], b[-1]) == (0, len(lengths))
+    sizes = np.diff(b)
+    assert sizes.min() >= min(min_rows, len(lengths) // shards)
+    if min_rows == 1 and len(lengths) >= 2 * shards:
+        # Every boundary is within one sequence of its share of the work,
+        # unless it had to leave each shard a sequence.
+        prefix = np.concatenate([[0], np.cumsum(lengths)])
+        w = np.cumsum(speeds[:shards]) / sum(speeds[:shards]) * prefix[-1]
+        for k in range(shards - 1):
+            lo, hi = b[k] + 1, len(lengths) - (shards - k - 1)
+            if lo < b[k + 1] < hi:
+                assert abs(prefix[b[k + 1]] - w[k]) <= max(lengths)
+
+
+def test_weighted_batch_split_examples():
+    assert _split([64] * 64, [1, 1], 4) == [0, 32, 64]
+    assert _split([64] * 64, [1.3, 0.7], 4) == [0, 42, 64]  # 64 * 1.3 / 2 = 41.6
+    assert _split([5] * 8, [3.0, 0.1], 4) == [0, 4, 8]  # min_rows holds against the speeds
+    assert _split([5] * 3, [1, 1, 1, 1], 1) == [0, 1, 2, 3]  # no more shards than sequences
+    assert _split(list(range(20, 0, -1)), [1, 1, 1], 1) == [0, 4, 9, 20]  # work, not rows
 
 
 def test_single_sequence_lengths_around_block_edges(rng):

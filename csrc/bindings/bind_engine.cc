@@ -235,6 +235,8 @@ class PyEngine {
   std::string isa() const { return engine_->kernels().name; }
   std::string recurrent_activations() const { return engine_->recurrent_activations(); }
   int threads() const { return engine_->threads(); }
+  std::vector<double> shard_speeds() const { return engine_->shard_speeds(); }
+  void set_shard_speeds(const std::vector<double>& speeds) const { engine_->set_shard_speeds(speeds); }
 
  private:
   static void check_lengths(const IntArray& lengths, int batch) {
@@ -265,7 +267,10 @@ void register_engine(py::module_& m) {
       .def("predict_features", &PyEngine::predict_features, py::arg("x"), py::arg("lengths"))
       .def_property_readonly("isa", &PyEngine::isa)
       .def_property_readonly("recurrent_activations", &PyEngine::recurrent_activations)
-      .def_property_readonly("threads", &PyEngine::threads);
+      .def_property_readonly("threads", &PyEngine::threads)
+      // Tests only: the batch-shard speed estimates (a scheduling hint).
+      .def("_shard_speeds", &PyEngine::shard_speeds)
+      .def("_set_shard_speeds", &PyEngine::set_shard_speeds, py::arg("speeds"));
   m.def("active_isa", []() { return std::string(default_kernels().name); },
         "The ISA of the kernels chosen for this process (RNNINFER_ISA or the best available).");
   m.def("cpu_brand", []() { return cpu_features().brand; });

@@ -9,6 +9,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/dispatch.h"
 #include "engine/model_desc.h"
+#include "engine/scheduler.h"
 
 namespace py = pybind11;
 
@@ -44,6 +45,14 @@ void register_testing(py::module_& m) {
       },
       py::arg("isa"), py::arg("activation"), py::arg("x"),
       "Apply an element-wise activation with the given ISA's kernel.");
+  t.def(
+      "split_batch_weighted",
+      [](const std::vector<int>& lengths, const std::vector<double>& speeds, int min_rows) {
+        if (speeds.empty()) throw std::invalid_argument("speeds must not be empty");
+        return split_batch_weighted(lengths, speeds, min_rows);
+      },
+      py::arg("lengths"), py::arg("speeds"), py::arg("min_rows"),
+      "Batch shard boundaries for sequence lengths (longest first) and per-shard speeds.");
 }
 
 }  // namespace rnninfer

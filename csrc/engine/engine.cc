@@ -154,7 +154,10 @@ Engine::Engine(ModelDesc desc, const TensorMap& tensors, int threads, const Kern
   }
   max_head_width_ = in;
   for (const LayerDesc& L : desc_.layers) max_width_p_ = std::max(max_width_p_, L.dir_width());
-  if (threads_ > 1) pool_ = std::make_unique<ThreadPool>(threads_);
+  if (threads_ > 1) {
+    pool_ = std::make_unique<ThreadPool>(threads_);
+    shard_speed_.assign(static_cast<size_t>(threads_), 1.0);
+  }
   for (size_t j = 0; j < desc_.head.size(); ++j) {
     const DenseDesc& D = desc_.head[j];
     const std::string pre = "head." + std::to_string(j) + ".";
@@ -348,10 +351,12 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
     std::stable_sort(sorted.begin(), sorted.end(), [&](int a, int b) { return lengths[a] > lengths[b]; });
     std::vector<int> sorted_lengths(static_cast<size_t>(batch));
     for (int i = 0; i < batch; ++i) sorted_lengths[static_cast<size_t>(i)] = lengths[sorted[static_cast<size_t>(i)]];
-    const std::vector<int> bounds = split_batch(sorted_lengths, threads);
+    // Shard k is sized for thread k's measured speed (see rebalance_shards).
+    const std::vector<int> bounds = split_batch_weighted(sorted_lengths, shard_speed_, kShardRows);
     const int shards = static_cast<int>(bounds.size()) - 1;
     std::exception_ptr error;
     std::mutex error_mu;
+    std::vector<ShardTiming> timing(static_cast<size_t>(threads));
     // Shards are claimed, not assigned: a thread takes its own shard, then any
     // left over, so a worker that wakes late never holds the call up.
     std::unique_ptr<std::atomic<int>[]> claimed(new std::atomic<int>[static_cast<size_t>(shards)]);
@@ -360,9 +365,13 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
       for (int k = 0; k < shards; ++k) {
         const int sh = (tid + k) % shards;
         if (claimed[static_cast<size_t>(sh)].exchange(1, std::memory_order_acq_rel) != 0) continue;
+        const auto t0 = std::chrono::steady_clock::now();
         try {
           const int b0 = bounds[static_cast<size_t>(sh)], b1 = bounds[static_cast<size_t>(sh) + 1];
           run_subset(sorted.data() + b0, b1 - b0, nullptr, {});
+          ShardTiming& tm = timing[static_cast<size_t>(tid)];
+          for (int i = b0; i < b1; ++i) tm.steps += sorted_lengths[static_cast<size_t>(i)];
+          tm.ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
         } catch (...) {
           std::lock_guard<std::mutex> lock(error_mu);
           if (!error) error = std::current_exception();
@@ -370,9 +379,59 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
       }
     });
     if (error) std::rethrow_exception(error);
+    rebalance_shards(timing);
     return;
   }
   run_subset(nullptr, batch, trace, std::move(pool_lock));
+}
+
+std::vector<double> Engine::shard_speeds() const {
+  if (!pool_) return {};
+  const std::unique_lock<std::mutex> lock = pool_->try_lock();
+  if (!lock.owns_lock()) throw std::runtime_error("the thread pool is in use by another call");
+  return shard_speed_;
+}
+
+void Engine::set_shard_speeds(const std::vector<double>& speeds) const {
+  if (static_cast<int>(speeds.size()) != (pool_ ? threads_ : 0))
+    throw std::invalid_argument(concat("expected ", pool_ ? threads_ : 0, " shard speeds (one per pool thread), got ",
+                                       speeds.size()));
+  if (!pool_) return;
+  double mean = 0;
+  for (double v : speeds) {
+    if (!(v > 0) || !std::isfinite(v)) throw std::invalid_argument(concat("shard speeds must be finite and > 0, got ", v));
+    mean += v / static_cast<double>(speeds.size());
+  }
+  const std::unique_lock<std::mutex> lock = pool_->try_lock();
+  if (!lock.owns_lock()) throw std::runtime_error("the thread pool is in use by another call");
+  for (size_t k = 0; k < speeds.size(); ++k)
+    shard_speed_[k] = std::min(kMaxShardSkew, std::max(1.0 / kMaxShardSkew, speeds[k] / mean));
+}
+
+void Engine::rebalance_shards(const std::vector<ShardTiming>& timing) const {
+  // Cores of a shared machine run at different speeds for tens of
+  // milliseconds at a time (another process, the host, a kernel thread on one
+  // of them), and a call of even shards lasts as long as its slowest. Each
+  // thread's next shard is sized by its speed over recent calls: half this
+  // call's, half the earlier estimate, relative to the
+  // threads' mean and kept within a factor kMaxShardSkew of it, so that one
+  // unlucky call cannot starve a thread. Only calls every thread
+  // took part in count (a thread that ran no shard was not measured).
+  const size_t n = timing.size();
+  std::vector<double> speed(n);
+  double mean = 0;
+  for (size_t k = 0; k < n; ++k) {
+    if (timing[k].ns <= 0 || timing[k].steps <= 0) return;
+    speed[k] = static_cast<double>(timing[k].steps) / static_cast<double>(timing[k].ns);
+    mean += speed[k] / static_cast<double>(n);
+  }
+  double est_mean = 0;
+  for (size_t k = 0; k < n; ++k) {
+    speed[k] = 0.5 * shard_speed_[k] + 0.5 * speed[k] / mean;
+    est_mean += speed[k] / static_cast<double>(n);
+  }
+  for (size_t k = 0; k < n; ++k)
+    shard_speed_[k] = std::min(kMaxShardSkew, std::max(1.0 / kMaxShardSkew, speed[k] / est_mean));
 }
 
 Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_lock<std::mutex> pool_lock) const {

@@ -80,6 +80,12 @@ class Engine {
   // one of the dot-product kernels' (activations rounded/quantised per row and
   // step; the table's gemm does the same to the inputs of the projections).
   const char* recurrent_activations() const;
+  // Each pool thread's estimated relative speed for batch shards (about 1;
+  // empty for one thread). A scheduling hint that never changes results;
+  // tests set it to force uneven shards. Both throw std::runtime_error while
+  // another call holds the pool, set_ std::invalid_argument on bad values.
+  std::vector<double> shard_speeds() const;
+  void set_shard_speeds(const std::vector<double>& speeds) const;
   // Floats of output per sequence for a padded width of `steps`.
   int64_t output_size(int steps) const;
 
@@ -134,6 +140,14 @@ class Engine {
   // than one (LSTM(256), batch 4: 0.64-0.95x), while the unit-graph and split
   // plans gave 1.5-1.9x. At 4 rows per shard shards win or tie.
   static constexpr int kShardRows = 4;
+  // Shard sizing by measured thread speed (see rebalance_shards): no thread's
+  // estimate strays further than this factor from the mean.
+  static constexpr double kMaxShardSkew = 1.35;
+  struct ShardTiming {
+    int64_t ns = 0;     // time this thread spent running shards
+    int64_t steps = 0;  // sequence steps in those shards
+  };
+  void rebalance_shards(const std::vector<ShardTiming>& timing) const;
   // How long a split call waits for its threads to join before running alone.
   static constexpr std::chrono::microseconds kJoinWait{100};
   // Split calls whose threads together spent over a quarter of the call in long
@@ -161,6 +175,9 @@ class Engine {
   // Scheduling hint only (never affects results): until when split plans are avoided.
   mutable std::atomic<int64_t> split_backoff_until_ns_{0};
   mutable std::atomic<int> split_strikes_{0};  // consecutive held-up split calls
+  // Scheduling hint only: each pool thread's relative speed running batch
+  // shards (about 1). Read and written only by the call holding the pool.
+  mutable std::vector<double> shard_speed_;
   mutable std::mutex spare_mu_;
   mutable std::mutex trace_mu_;  // only taken when a call is traced
   mutable std::vector<std::unique_ptr<Workspace>> spare_;  // workspaces kept for reuse

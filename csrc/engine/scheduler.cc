@@ -1,6 +1,7 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <numeric>
 #include <queue>
@@ -21,14 +22,31 @@ bool streams_blocks(const LayerDesc& below) {
 }
 }  // namespace
 
-std::vector<int> split_batch(const std::vector<int>& lengths, int shards) {
+std::vector<int> split_batch_weighted(const std::vector<int>& lengths, const std::vector<double>& speeds,
+                                      int min_rows) {
   const int B = static_cast<int>(lengths.size());
+  const int shards = std::max(1, std::min(B, static_cast<int>(speeds.size())));
+  min_rows = std::max(1, std::min(min_rows, B / shards));
+  std::vector<long> prefix(static_cast<size_t>(B) + 1, 0);
+  for (int i = 0; i < B; ++i)
+    prefix[static_cast<size_t>(i) + 1] = prefix[static_cast<size_t>(i)] + lengths[static_cast<size_t>(i)];
+  double speed_sum = 0;
+  for (int k = 0; k < shards; ++k) speed_sum += std::max(speeds[static_cast<size_t>(k)], 1e-9);
   std::vector<int> begin{0};
-  const long total = std::accumulate(lengths.begin(), lengths.end(), 0L);
-  long acc = 0;
-  for (int i = 0; i < B && static_cast<int>(begin.size()) < shards; ++i) {
-    acc += lengths[static_cast<size_t>(i)];
-    if (acc * shards >= total * static_cast<long>(begin.size()) && i + 1 < B) begin.push_back(i + 1);
+  double cum = 0;
+  for (int k = 0; k + 1 < shards; ++k) {
+    cum += std::max(speeds[static_cast<size_t>(k)], 1e-9);
+    const double target = static_cast<double>(prefix[static_cast<size_t>(B)]) * cum / speed_sum;
+    // Nearest boundary to the target within what leaves every shard min_rows.
+    const int lo = begin.back() + min_rows;
+    const int hi = B - min_rows * (shards - k - 1);
+    int j = static_cast<int>(std::lower_bound(prefix.begin() + lo, prefix.begin() + hi + 1,
+                                              static_cast<long>(std::ceil(target))) - prefix.begin());
+    j = std::min(j, hi);
+    if (j > lo && target - static_cast<double>(prefix[static_cast<size_t>(j) - 1]) <
+                      static_cast<double>(prefix[static_cast<size_t>(j)]) - target)
+      --j;
+    begin.push_back(j);
   }
   begin.push_back(B);
   return begin;

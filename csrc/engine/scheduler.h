@@ -70,9 +70,14 @@ constexpr int kTimeBlock = 16;
 Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths, int threads,
                bool gather_first, int split_align);
 
-// Batch shards with balanced work (sum of lengths), contiguous in the given
-// (longest-first) order: shards + 1 boundaries.
-std::vector<int> split_batch(const std::vector<int>& lengths, int shards);
+// Batch shards, contiguous in the given (longest-first) order, whose work
+// (sum of lengths) is in proportion to `speeds` (one positive value per
+// shard: the measured speed of the thread that will run it; equal speeds give
+// balanced work), each of at least `min_rows` sequences where the batch
+// allows it: min(speeds.size(), lengths.size()) + 1 boundaries, each where
+// the running work is nearest its target.
+std::vector<int> split_batch_weighted(const std::vector<int>& lengths, const std::vector<double>& speeds,
+                                      int min_rows);
 
 // Whether layer l needs kFinish units (merge of two directions, or residual).
 bool needs_finish(const LayerDesc& layer);
