@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rnninfer.bench import runner
@@ -43,3 +44,35 @@ def test_no_scaling_section_without_two_thread_counts() -> None:
     res = {"cases": [_case(64, 1, 1, {"rnninfer": _timed(1.2, 1.5)})]}
     assert runner.scaling_rows(res) == []
     assert runner.scaling_lines(res) == []
+
+
+def test_thread_counts_are_timed_in_the_same_rounds(monkeypatch) -> None:
+    """Each round times the 1- and 2-thread engines one after the other, so a
+    speedup never compares calls made minutes apart."""
+    from rnninfer.bench import cases
+
+    timed: list[int] = []
+    real_call = runner._Worker.call
+
+    def spy(self: Any, op: str, **kw: Any) -> dict[str, Any]:
+        if op == "time":
+            timed.append(self.threads)
+        return real_call(self, op, **kw)
+
+    monkeypatch.setattr(runner._Worker, "call", spy)
+    # The machine's sgemm peak takes seconds to measure; the limits only need numbers.
+    fake = {"cpu": {}, "versions": {}, "blas": "-", "method": {},
+            "bandwidth": {"65536": {"best": 1e11}}, "peak": {"1": {"best": 1e11}, "2": {"best": 2e11}}}
+    monkeypatch.setattr(runner.bench_machine, "measure", lambda *_a, **_k: fake)
+    small = cases.Case(hidden=16, layers=1, T=6, vocab=50, embedding=8)
+    items = runner.items_from_cases([dataclasses.replace(small, batch=b, threads=t) for t in (1, 2) for b in (1, 3)])
+    res = runner.run_items(items, engines=["rnninfer"], rounds=3, round_ms=1, pause_ms=0, warmup=1,
+                           progress=False)
+    # two call shapes x 3 rounds, each round one 1-thread and one 2-thread timing
+    assert len(timed) == 12
+    for r in range(6):
+        assert sorted(timed[2 * r: 2 * r + 2]) == [1, 2]
+    assert [(c["batch"], c["threads"]) for c in res["cases"]] == [(1, 1), (3, 1), (1, 2), (3, 2)]
+    for c in res["cases"]:
+        assert c["engines"]["rnninfer"]["median_ms"] > 0
+    assert {(r["batch"], r["engine"]) for r in runner.scaling_rows(res)} == {(1, "rnninfer"), (3, "rnninfer")}

@@ -10,16 +10,20 @@ Usage::
 Protocol (SPEC §6): every engine runs in the same run, on the same machine,
 the same model with the same weights, the same input and the same thread
 count. Each framework lives in its own worker process per thread count (see
-``_worker.py``). Before timing, every engine's output is checked against the
+``_worker.py``), all alive for the whole run. Before timing, every engine's output is checked against the
 float64 reference (``rnninfer.reference``) on a small batch and on the first
 and last rows of the timed batch; an engine that disagrees by more than
 ``1e-4`` is reported, never timed. Timing is done in interleaved rounds: in
-each round every engine makes a calibrated number of back-to-back calls
-(about ``--round-ms`` of work), in a rotating order, with a pause between
-engines so one framework's spinning thread pool does not steal from the next
+each round every engine, at every thread count of the run, makes a calibrated
+number of back-to-back calls (about ``--round-ms`` of work), in a rotating
+order, with a pause between engines so one framework's spinning thread pool does not steal from the next
 (PyTorch's OpenMP workers keep spinning for several milliseconds after a call;
 with 0-5 ms pauses they set rnninfer's 2-thread p99 at batch 1 to ~4.6 ms
-instead of ~0.8 ms, hence 50 ms). Per-call latencies from all rounds give median, p99 and
+instead of ~0.8 ms, hence 50 ms). Timing the thread counts in the same rounds
+matters on a shared machine: the host's slow and fast phases last minutes
+(the headline batch-64 call at 1 thread moved between 36 and 45 ms within an
+hour here), so 1- and 2-thread cases timed one after the other, as this
+runner did before, could show any thread speedup. Per-call latencies from all rounds give median, p99 and
 throughput. The machine limit comes from ``machine.py``, measured in the same
 run. Results go to ``<out>.json``, ``<out>.md`` and ``<out>.png``.
 
@@ -174,6 +178,8 @@ class _Worker:
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log.close()
 
 
@@ -258,34 +264,34 @@ def run_items(
     thread_counts = sorted({it.threads for it in items})
     machine = bench_machine.measure(thread_counts, sorted(sizes))
 
-    results: list[dict[str, Any]] = []
+    results: dict[int, dict[str, Any]] = {}
     engine_versions: dict[str, str] = {}
     log_dir = Path(tempfile.mkdtemp(prefix="rnninfer-bench-"))
     rng = np.random.default_rng(seed)
+    # One worker per framework group and thread count, all alive for the whole
+    # run: a model's cases at every thread count are timed in the same rounds.
+    workers: dict[tuple[str, int], _Worker | str] = {}
     try:
-        for threads in sorted({it.threads for it in items}):
-            workers: dict[str, _Worker | str] = {}
-            t_items = [it for it in items if it.threads == threads]
-            try:
-                by_model: dict[Any, list[Item]] = {}
-                for it in t_items:
-                    by_model.setdefault(it.model_key, []).append(it)
-                for key, group_items in by_model.items():
-                    spec = specs[key]
-                    results += _run_model(
-                        spec, group_items, available, skipped, workers, threads, rnninfer_root, log_dir,
-                        machine, engine_versions, prog, rng,
-                        rounds=rounds, round_ms=round_ms, pause_ms=pause_ms, warmup=warmup,
-                        max_call_s=max_call_s, keep_samples=keep_samples,
-                    )
-            finally:
-                for w in workers.values():
-                    if isinstance(w, _Worker):
-                        w.close()
+        try:
+            by_model: dict[Any, list[int]] = {}
+            for i, it in enumerate(items):
+                by_model.setdefault(it.model_key, []).append(i)
+            for key, idxs in by_model.items():
+                done = _run_model(
+                    specs[key], [items[i] for i in idxs], available, skipped, workers, rnninfer_root, log_dir,
+                    machine, engine_versions, prog, rng,
+                    rounds=rounds, round_ms=round_ms, pause_ms=pause_ms, warmup=warmup,
+                    max_call_s=max_call_s, keep_samples=keep_samples,
+                )
+                results.update(zip(idxs, done))
+        finally:
+            for w in workers.values():
+                if isinstance(w, _Worker):
+                    w.close()
         prog.describe("measuring machine again")
         machine = bench_machine.merge(machine, bench_machine.measure(thread_counts, sorted(sizes)))
-        for result, key in zip(results, [it.model_key for it in _run_order(items)]):
-            _apply_limit(result, specs[key], machine)
+        for i, result in results.items():
+            _apply_limit(result, specs[items[i].model_key], machine)
     finally:
         prog.close()
     rn = engine_versions.get("rnninfer", "")
@@ -301,153 +307,178 @@ def run_items(
         "engines": engine_versions,
         "skipped_engines": skipped,
         "machine": machine,
-        "cases": results,
+        "cases": [results[i] for i in _report_order(items)],
         "worker_logs": str(log_dir),
     }
 
 
-def _run_order(items: Sequence[Item]) -> list[Item]:
-    """Items in the order :func:`run_items` runs them (threads, then model, then batch)."""
-    out: list[Item] = []
-    for threads in sorted({it.threads for it in items}):
-        by_model: dict[Any, list[Item]] = {}
-        for it in items:
-            if it.threads == threads:
-                by_model.setdefault(it.model_key, []).append(it)
-        for group in by_model.values():
-            out += group
-    return out
+def _report_order(items: Sequence[Item]) -> list[int]:
+    """Indices of ``items`` in report order: thread count, then model, then the given order."""
+    first: dict[Any, int] = {}
+    for i, it in enumerate(items):
+        first.setdefault(it.model_key, i)
+    return sorted(range(len(items)), key=lambda i: (items[i].threads, first[items[i].model_key], i))
+
+
+def _prepare(
+    spec: Any, tensors_path: str, tensors: Mapping[str, np.ndarray], small: np.ndarray, small_ref: np.ndarray,
+    available: Sequence[peers.Peer], skipped: Mapping[str, str], workers: dict[tuple[str, int], _Worker | str],
+    threads: int, rnninfer_root: str, log_dir: Path, engine_versions: dict[str, str], prog: _Progress,
+) -> tuple[dict[str, dict[str, Any]], dict[str, _Worker]]:
+    """Load one model into every framework's worker for ``threads`` and check its output."""
+    status: dict[str, dict[str, Any]] = {n: {"status": "skipped", "reason": why} for n, why in skipped.items()}
+    active: dict[str, _Worker] = {}
+    for group in dict.fromkeys(p.group for p in available):
+        names = [p.name for p in available if p.group == group]
+        w = workers.get((group, threads))
+        if w is None:
+            try:
+                w = _Worker(group, threads, rnninfer_root, log_dir)
+            except WorkerDied as e:
+                w = str(e)
+            workers[(group, threads)] = w
+        if isinstance(w, str):
+            for n in names:
+                status[n] = {"status": "failed", "reason": w}
+            continue
+        try:
+            rep = w.call("load", spec=spec.to_json_dict(), tensors=tensors_path, engines=names)["engines"]
+        except (WorkerDied, RuntimeError) as e:
+            for n in names:
+                status[n] = {"status": "failed", "reason": str(e)[:2000]}
+            continue
+        for n in names:
+            r = rep[n]
+            if not r["ok"]:
+                kind = "unsupported" if r.get("unsupported") else "failed"
+                status[n] = {"status": kind, "reason": r["error"]}
+                prog.write(f"{n} (threads={threads}): {kind}: {r['error']}")
+                continue
+            engine_versions[n] = r["version"]
+            try:
+                def call_eval(x: np.ndarray, n: str = n, w: _Worker = w) -> np.ndarray:
+                    return np.asarray(w.call("eval", engine=n, x=x)["out"])
+
+                err = peers.check(call_eval, spec, tensors, small, ref=small_ref, tol=peers.get(n).tolerance)
+            except (peers.WrongOutput, RuntimeError, WorkerDied) as e:
+                status[n] = {"status": "wrong output", "reason": str(e)[:2000]}
+                prog.write(f"{n} (threads={threads}): NOT TIMED, wrong output on the check batch: {e}")
+                continue
+            status[n] = {"status": "ok", "version": r["version"], "prepare_s": r["prepare_s"],
+                         "check_max_abs_err": err}
+            active[n] = w
+    return status, active
 
 
 def _run_model(
     spec: Any, group_items: Sequence[Item], available: Sequence[peers.Peer], skipped: Mapping[str, str],
-    workers: dict[str, _Worker | str], threads: int, rnninfer_root: str, log_dir: Path,
+    workers: dict[tuple[str, int], _Worker | str], rnninfer_root: str, log_dir: Path,
     machine: Mapping[str, Any], engine_versions: dict[str, str], prog: _Progress,
     rng: np.random.Generator, *, rounds: int, round_ms: float, pause_ms: float, warmup: int,
     max_call_s: float, keep_samples: bool,
 ) -> list[dict[str, Any]]:
-    """Prepare one model in every worker, then time each of its call shapes."""
+    """Prepare one model in every worker (each thread count), then time each of
+    its call shapes, all thread counts in the same interleaved rounds."""
     label = group_items[0].model_label
-    prog.describe(f"t{threads} {label}: preparing")
+    prog.describe(f"{label}: preparing")
     tensors = group_items[0].tensors_fn(spec)
-    status: dict[str, dict[str, Any]] = {n: {"status": "skipped", "reason": why} for n, why in skipped.items()}
-    active: dict[str, _Worker] = {}
+    status: dict[int, dict[str, dict[str, Any]]] = {}
+    active: dict[int, dict[str, _Worker]] = {}
     with tempfile.TemporaryDirectory(prefix="rnninfer-bench-model-") as tmp:
         path = os.path.join(tmp, "tensors.npz")
         np.savez(path, **tensors)  # type: ignore[arg-type]
         small = peers.sample_input(spec, _SMALL_BATCH, min(_SMALL_T, group_items[0].T), int(rng.integers(1 << 31)))
         small_ref = peers.reference_outputs(spec, tensors, small)
-        for group in dict.fromkeys(p.group for p in available):
-            names = [p.name for p in available if p.group == group]
-            w = workers.get(group)
-            if w is None:
-                try:
-                    w = _Worker(group, threads, rnninfer_root, log_dir)
-                except WorkerDied as e:
-                    w = str(e)
-                workers[group] = w
-            if isinstance(w, str):
-                for n in names:
-                    status[n] = {"status": "failed", "reason": w}
-                continue
+        for threads in sorted({it.threads for it in group_items}):
+            status[threads], active[threads] = _prepare(
+                spec, path, tensors, small, small_ref, available, skipped, workers, threads, rnninfer_root,
+                log_dir, engine_versions, prog)
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, it in enumerate(group_items):
+        shapes.setdefault((it.batch, it.T), []).append(i)
+    out: dict[int, dict[str, Any]] = {}
+    for idxs in shapes.values():
+        its = [group_items[i] for i in idxs]
+        out.update(zip(idxs, _run_shape(its, spec, tensors, status, active, prog, rng, rounds=rounds,
+                                        round_ms=round_ms, pause_ms=pause_ms, warmup=warmup,
+                                        max_call_s=max_call_s, keep_samples=keep_samples)))
+    return [out[i] for i in range(len(group_items))]
+
+
+def _run_shape(
+    its: Sequence[Item], spec: Any, tensors: Mapping[str, np.ndarray],
+    model_status: Mapping[int, Mapping[str, dict[str, Any]]], active: Mapping[int, Mapping[str, _Worker]],
+    prog: _Progress, rng: np.random.Generator,
+    *, rounds: int, round_ms: float, pause_ms: float, warmup: int, max_call_s: float, keep_samples: bool,
+) -> list[dict[str, Any]]:
+    """Interleaved timing rounds of every active engine, at every thread count of
+    ``its`` (one model, one batch size and length), on the same input.
+
+    Every round times each (engine, threads) pair once, in a rotating order, so
+    an engine's speedup from more threads compares calls made seconds apart,
+    not minutes: the host's slow and fast phases then fall on both sides.
+    """
+    it0 = its[0]
+    prog.describe(f"{it0.name}: warm-up")
+    status = {it.threads: {n: dict(s) for n, s in model_status[it.threads].items()} for it in its}
+    x = peers.sample_input(spec, it0.batch, it0.T, int(rng.integers(1 << 31)))
+    rows = sorted({0, it0.batch - 1})
+    ref = peers.reference_outputs(spec, tensors, x, rows)
+    calls: dict[tuple[str, int], int] = {}
+    for it in its:
+        t, act = it.threads, active[it.threads]
+        for w in dict.fromkeys(act.values()):
+            names = [n for n, ww in act.items() if ww is w]
             try:
-                rep = w.call("load", spec=spec.to_json_dict(), tensors=path, engines=names)["engines"]
+                rep = w.call("set_input", x=x, warmup=warmup, max_call_s=max_call_s)["engines"]
             except (WorkerDied, RuntimeError) as e:
                 for n in names:
-                    status[n] = {"status": "failed", "reason": str(e)[:2000]}
+                    status[t][n].update(status="failed", reason=str(e)[:2000])
                 continue
             for n in names:
                 r = rep[n]
                 if not r["ok"]:
-                    kind = "unsupported" if r.get("unsupported") else "failed"
-                    status[n] = {"status": kind, "reason": r["error"]}
-                    prog.write(f"{n}: {kind}: {r['error']}")
+                    status[t][n].update(status="failed", reason=r["error"])
                     continue
-                engine_versions[n] = r["version"]
-                try:
-                    def call_eval(x: np.ndarray, n: str = n, w: _Worker = w) -> np.ndarray:
-                        return np.asarray(w.call("eval", engine=n, x=x)["out"])
-
-                    err = peers.check(call_eval,
-                                      spec, tensors, small, ref=small_ref, tol=peers.get(n).tolerance)
-                except (peers.WrongOutput, RuntimeError, WorkerDied) as e:
-                    status[n] = {"status": "wrong output", "reason": str(e)[:2000]}
-                    prog.write(f"{n}: NOT TIMED, wrong output on the check batch: {e}")
+                err = peers.max_abs_error(np.asarray(r["out"])[rows], ref)
+                status[t][n]["timed_check_max_abs_err"] = err
+                if not err <= peers.get(n).tolerance:
+                    status[t][n].update(status="wrong output", reason=f"timed batch rows {rows}: max error {err:.3g}")
+                    prog.write(f"{n}: NOT TIMED on {it.name}: wrong output (error {err:.3g})")
                     continue
-                status[n] = {"status": "ok", "version": r["version"], "prepare_s": r["prepare_s"],
-                             "check_max_abs_err": err}
-                active[n] = w
-    out = []
-    for it in group_items:
-        out.append(_run_item(it, spec, tensors, status, active, machine, prog, rng, rounds=rounds,
-                             round_ms=round_ms, pause_ms=pause_ms, warmup=warmup, max_call_s=max_call_s,
-                             keep_samples=keep_samples))
-    return out
-
-
-def _run_item(
-    it: Item, spec: Any, tensors: Mapping[str, np.ndarray], model_status: Mapping[str, dict[str, Any]],
-    active: Mapping[str, _Worker], machine: Mapping[str, Any], prog: _Progress, rng: np.random.Generator,
-    *, rounds: int, round_ms: float, pause_ms: float, warmup: int, max_call_s: float, keep_samples: bool,
-) -> dict[str, Any]:
-    """Interleaved timing rounds of every active engine on one call shape."""
-    prog.describe(f"{it.name}: warm-up")
-    status = {n: dict(s) for n, s in model_status.items()}
-    x = peers.sample_input(spec, it.batch, it.T, int(rng.integers(1 << 31)))
-    rows = sorted({0, it.batch - 1})
-    ref = peers.reference_outputs(spec, tensors, x, rows)
-    calls: dict[str, int] = {}
-    for w in dict.fromkeys(active.values()):
-        names = [n for n, ww in active.items() if ww is w]
-        try:
-            rep = w.call("set_input", x=x, warmup=warmup, max_call_s=max_call_s)["engines"]
-        except (WorkerDied, RuntimeError) as e:
-            for n in names:
-                status[n].update(status="failed", reason=str(e)[:2000])
-            continue
-        for n in names:
-            r = rep[n]
-            if not r["ok"]:
-                status[n].update(status="failed", reason=r["error"])
-                continue
-            err = peers.max_abs_error(np.asarray(r["out"])[rows], ref)
-            status[n]["timed_check_max_abs_err"] = err
-            if not err <= peers.get(n).tolerance:
-                status[n].update(status="wrong output", reason=f"timed batch rows {rows}: max error {err:.3g}")
-                prog.write(f"{n}: NOT TIMED on {it.name}: wrong output (error {err:.3g})")
-                continue
-            if r["est_ns"] > max_call_s * 1e9:
-                status[n].update(status="too slow", reason=f"one call takes {r['est_ns'] / 1e9:.1f} s")
-                continue
-            calls[n] = int(np.clip(round(round_ms * 1e6 / max(r["est_ns"], 1.0)), 1, 10000))
-    samples: dict[str, list[int]] = {n: [] for n in calls}
+                if r["est_ns"] > max_call_s * 1e9:
+                    status[t][n].update(status="too slow", reason=f"one call takes {r['est_ns'] / 1e9:.1f} s")
+                    continue
+                calls[(n, t)] = int(np.clip(round(round_ms * 1e6 / max(r["est_ns"], 1.0)), 1, 10000))
+    samples: dict[tuple[str, int], list[int]] = {k: [] for k in calls}
     order = list(calls)
-    prog.describe(it.name)
+    prog.describe(it0.name.rsplit("-t", 1)[0] if len(its) > 1 else it0.name)
     for r_i in range(rounds):
         k = r_i % max(1, len(order))
-        for n in order[k:] + order[:k]:
-            if n not in samples:
+        for key in order[k:] + order[:k]:
+            if key not in samples:
                 continue
+            n, t = key
             try:
-                samples[n] += active[n].call("time", engine=n, n=calls[n])["ns"]
+                samples[key] += active[t][n].call("time", engine=n, n=calls[key])["ns"]
             except (WorkerDied, RuntimeError) as e:
-                status[n].update(status="failed", reason=f"during timing: {str(e)[:2000]}")
-                del samples[n]
+                status[t][n].update(status="failed", reason=f"during timing: {str(e)[:2000]}")
+                del samples[key]
             time.sleep(pause_ms / 1e3)
-        prog.update()
-    for n, ns in samples.items():
+        prog.update(len(its))
+    for (n, t), ns in samples.items():
         if not ns:
             continue
-        st = status[n]
-        st.update(_summary(ns, it.batch))
-        st["calls_per_round"] = calls[n]
+        st = status[t][n]
+        st.update(_summary(ns, it0.batch))
+        st["calls_per_round"] = calls[(n, t)]
         if keep_samples:
             st["samples_ns"] = list(ns)
-    return {
+    return [{
         "name": it.name, "model": it.model_label, "T": it.T, "batch": it.batch, "threads": it.threads,
         "case": it.case, "recurrent_weight_bytes": bench_machine.recurrent_bytes(spec),
-        "engines": status,
-    }
+        "engines": status[it.threads],
+    } for it in its]
 
 
 def _apply_limit(result: dict[str, Any], spec: Any, machine: Mapping[str, Any]) -> None:
