@@ -238,6 +238,41 @@ def test_errors_in_other_threads_do_not_disturb_calls(rng):
             assert np.array_equal(out, want)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and two CPUs")
+def test_worker_leaves_the_callers_cpu(rng):
+    """Every thread of the process squeezed onto one CPU, as the kernel does
+    when it wakes a worker where its caller runs: the worker moves itself to
+    another of the pool's CPUs for the call, and is given all of them back
+    afterwards. Bits do not change."""
+    import contextlib
+    import os
+
+    layers = ARCHS["split64"]
+    one = _model(layers, 1)
+    before = set(os.listdir("/proc/self/task"))
+    two = _model(layers, 2)
+    workers = sorted(set(os.listdir("/proc/self/task")) - before)
+    assert workers
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    x = rng.integers(1, 50, size=40)
+    want = one.predict(x)
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    try:
+        for tid in tids:
+            os.sched_setaffinity(tid, {cpu})
+        for _ in range(20):
+            assert np.array_equal(two.predict(x), want)
+        for tid in workers:
+            # moved off `cpu` during a call, then handed the pool's CPUs again
+            assert os.sched_getaffinity(int(tid)) == allowed
+    finally:
+        for tid in tids:
+            with contextlib.suppress(OSError):  # a thread may have exited
+                os.sched_setaffinity(tid, allowed)
+
+
 @pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
 def test_pool_threads_sleep_after_calls():
     """Workers do not keep spinning once calls stop (no busy cores between calls)."""

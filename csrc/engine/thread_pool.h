@@ -8,7 +8,9 @@
 //
 // Workers spin briefly (200 us) after a job, so back-to-back calls start
 // without a futex wake-up, then sleep on a condition variable: no core stays
-// busy once calls stop.
+// busy once calls stop. A worker that wakes up on the CPU of a thread already
+// in the job moves itself, for that job, to a CPU the job is not using (Linux;
+// only among the CPUs the process could use when the pool was made).
 #pragma once
 
 #include <algorithm>
@@ -17,6 +19,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -45,8 +48,17 @@ class ThreadPool {
 
  private:
   void worker_main(int index);
+  // Called by worker `index` as it enters a job: records its CPU, and if a
+  // thread of the job with a lower index is on the same CPU, narrows this
+  // thread's CPU mask to the process's CPUs the job is not using. Returns
+  // whether it did (the worker widens the mask again after the job).
+  bool avoid_shared_cpu(int index);
+  void restore_cpus();
 
   std::mutex busy_;  // held by the caller for the whole job
+  // CPU of each thread in the current job (index 0 is the caller), -1 unknown.
+  std::unique_ptr<std::atomic<int>[]> cpu_of_;
+  std::vector<int> process_cpus_;  // CPUs the process could run on when the pool was made
   std::mutex mu_;
   std::condition_variable wake_;
   std::condition_variable done_;
