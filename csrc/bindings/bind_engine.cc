@@ -191,13 +191,15 @@ class PyEngine {
 
   // Runs a token batch and returns (output, units, records) describing what
   // each unit did and when: for scheduler tests and the scaling benchmark.
-  py::tuple trace_tokens(const TokenArray& tokens, const IntArray& lengths, bool allow_split) const {
+  py::tuple trace_tokens(const TokenArray& tokens, const IntArray& lengths, bool allow_split,
+                         int min_alone_units) const {
     if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be a 2-D (batch, steps) array");
     const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
     check_lengths(lengths, B);
     py::array_t<float> out = alloc_out(B, T);
     CallTrace trace;
     trace.allow_split = allow_split;
+    trace.min_alone_units = min_alone_units;
     const int64_t* tp = tokens.data();
     const int32_t* lp = lengths.data();
     float* op = out.mutable_data();
@@ -263,7 +265,7 @@ void register_engine(py::module_& m) {
       .def("predict_token_list", &PyEngine::predict_token_list, py::arg("tokens"))
       .def("predict_token_seq", &PyEngine::predict_token_seq, py::arg("tokens"))
       .def("trace_tokens", &PyEngine::trace_tokens, py::arg("tokens"), py::arg("lengths"),
-           py::arg("allow_split") = true)
+           py::arg("allow_split") = true, py::arg("min_alone_units") = 0)
       .def("predict_features", &PyEngine::predict_features, py::arg("x"), py::arg("lengths"))
       .def_property_readonly("isa", &PyEngine::isa)
       .def_property_readonly("recurrent_activations", &PyEngine::recurrent_activations)

@@ -437,6 +437,7 @@ void Engine::rebalance_shards(const std::vector<ShardTiming>& timing) const {
 Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_lock<std::mutex> pool_lock) const {
   Call call;
   ws.trace = trace != nullptr ? &trace->records : nullptr;
+  ws.min_alone_units = trace != nullptr ? trace->min_alone_units : 0;
   call.pool_lock = std::move(pool_lock);
   const int threads = call.pool_lock.owns_lock() ? pool_->size() : 1;
   const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -576,36 +577,40 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
 }
 
 void Engine::run_split(Workspace& ws, const Plan& plan) const {
-  // Every thread must take part in every step, so the call starts only once
-  // all have joined. A worker that does not show up within kJoinWait (its
-  // core descheduled) makes the caller run the plan alone; the late worker
-  // then sees the decision and leaves.
+  // Every thread takes part in every step of a split unit, so the split can
+  // only start once all have joined. Workers that are spinning join within
+  // microseconds; one woken from sleep takes 0.1-2 ms on a VM (the host has
+  // to run its virtual CPU again). So the caller waits briefly, then runs
+  // units alone, whole width, and before each unit checks whether every
+  // worker has arrived: from there on all run it split. A unit's bits are
+  // the same either way, so where the switch falls changes nothing.
   const int n = plan.split;
+  const int U = static_cast<int>(plan.units.size());
   const auto start = std::chrono::steady_clock::now();
-  std::atomic<int> joined{0};
-  std::atomic<int> mode{0};  // 0 gathering, 1 split, 2 caller alone
+  std::atomic<int> arrived{0};      // workers that reached this job
+  std::atomic<int> split_from{-1};  // first unit run split (U: none); -1 undecided
   StepBarrier barrier(n);
   pool_->run([&](int tid) {
     if (tid >= n) return;
-    joined.fetch_add(1, std::memory_order_acq_rel);
+    int from;
     if (tid == 0) {
       const auto until = std::chrono::steady_clock::now() + kJoinWait;
-      while (joined.load(std::memory_order_acquire) < n && std::chrono::steady_clock::now() < until)
+      while (arrived.load(std::memory_order_acquire) < n - 1 && std::chrono::steady_clock::now() < until)
         cpu_relax();
-      int expected = 0;
-      mode.compare_exchange_strong(expected, joined.load(std::memory_order_acquire) == n ? 1 : 2);
+      from = std::min(ws.min_alone_units, U);
+      for (int i = 0; i < from; ++i) timed_unit(ws, plan, i, 0);
+      while (from < U && arrived.load(std::memory_order_acquire) < n - 1) timed_unit(ws, plan, from++, 0);
+      split_from.store(from, std::memory_order_release);
+    } else {
+      arrived.fetch_add(1, std::memory_order_acq_rel);
+      // The caller decides at its next unit boundary (or when it is done).
+      while ((from = split_from.load(std::memory_order_acquire)) < 0) cpu_relax();
     }
-    int m;
-    while ((m = mode.load(std::memory_order_acquire)) == 0) cpu_relax();
-    if (m == 2) {
-      if (tid == 0)
-        for (int i : plan.per_thread[0]) timed_unit(ws, plan, i, 0);
-      return;
-    }
+    if (from >= U) return;
     const Slice slice{tid, n, &barrier};
-    for (size_t i = 0; i < plan.units.size(); ++i) {
-      const Unit& u = plan.units[i];
-      barrier.wait();  // the rows a unit reads were written by every thread
+    for (int i = from; i < U; ++i) {
+      const Unit& u = plan.units[static_cast<size_t>(i)];
+      barrier.wait();  // the rows a unit reads were written by every thread (or the caller alone)
       if (u.kind == Unit::Kind::kDirection)
         run_direction(ws, plan, u, tid, &slice);
       else if (tid == 0)
@@ -619,7 +624,9 @@ void Engine::run_split(Workspace& ws, const Plan& plan) const {
   // a while. A passing interruption (a kernel thread, a hypervisor tick) is
   // a small part of a long call and costs every plan about the same; it
   // counts only against short calls, and only repeatedly.
-  if (mode.load(std::memory_order_relaxed) != 1) return;  // ran alone: no barrier to judge
+  // Only calls split from the start are judged (a late join says nothing
+  // about the barrier).
+  if (split_from.load(std::memory_order_relaxed) != 0) return;
   const auto end = std::chrono::steady_clock::now();
   if (barrier.long_wait_ns() * 4 < std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count()) {
     split_strikes_.store(0, std::memory_order_relaxed);

@@ -55,6 +55,7 @@ struct CallTrace {
   Plan plan;
   std::vector<Workspace::TraceRecord> records;
   bool allow_split = true;  // false: plan this call without split plans (their units are not timed)
+  int min_alone_units = 0;  // split plans: the caller runs at least this many units alone first (tests)
 };
 
 class Engine {
@@ -148,8 +149,9 @@ class Engine {
     int64_t steps = 0;  // sequence steps in those shards
   };
   void rebalance_shards(const std::vector<ShardTiming>& timing) const;
-  // How long a split call waits for its threads to join before running alone.
-  static constexpr std::chrono::microseconds kJoinWait{100};
+  // How long a split call waits for its threads to join before it starts
+  // running units alone (spinning workers join within a few microseconds).
+  static constexpr std::chrono::microseconds kJoinWait{30};
   // Split calls whose threads together spent over a quarter of the call in long
   // barrier waits, this many in a row, make calls avoid split plans for
   // kSplitBackoff (see run_split).

@@ -69,6 +69,7 @@ struct Workspace {
     int64_t start_ns, end_ns;
   };
   std::vector<TraceRecord>* trace = nullptr;
+  int min_alone_units = 0;  // see CallTrace::min_alone_units
 
   // The last plan made with this workspace: a plan depends only on the
   // longest length, the batch size and the thread count, and services call
