@@ -200,6 +200,14 @@ def test_weighted_batch_split_properties(lengths, speeds, min_rows):
                 assert abs(prefix[b[k + 1]] - w[k]) <= max(lengths)
 
 
+def test_weighted_batch_split_rejects_bad_input():
+    for speeds in ([], [1.0, float("nan")], [1.0, 0.0], [1.0, -1.0], [float("inf")]):
+        with pytest.raises(ValueError, match="speeds"):
+            _split([5, 4], speeds, 1)
+    with pytest.raises(ValueError, match="lengths"):
+        _split([5, 0], [1.0, 1.0], 1)
+
+
 def test_weighted_batch_split_examples():
     assert _split([64] * 64, [1, 1], 4) == [0, 32, 64]
     assert _split([64] * 64, [1.3, 0.7], 4) == [0, 42, 64]  # 64 * 1.3 / 2 = 41.6

@@ -49,6 +49,10 @@ void register_testing(py::module_& m) {
       "split_batch_weighted",
       [](const std::vector<int>& lengths, const std::vector<double>& speeds, int min_rows) {
         if (speeds.empty()) throw std::invalid_argument("speeds must not be empty");
+        for (double v : speeds)
+          if (!(v > 0) || !std::isfinite(v)) throw std::invalid_argument("speeds must be finite and > 0");
+        for (int v : lengths)
+          if (v < 1) throw std::invalid_argument("lengths must be >= 1");
         return split_batch_weighted(lengths, speeds, min_rows);
       },
       py::arg("lengths"), py::arg("speeds"), py::arg("min_rows"),

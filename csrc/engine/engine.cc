@@ -385,6 +385,16 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
   run_subset(nullptr, batch, trace, std::move(pool_lock));
 }
 
+namespace {
+// Speeds relative to their mean, each held within [1/skew, skew], so that no
+// thread's shard can shrink to nothing on one unlucky measurement.
+void set_relative_speeds(const std::vector<double>& speeds, double skew, std::vector<double>* out) {
+  double mean = 0;
+  for (double v : speeds) mean += v / static_cast<double>(speeds.size());
+  for (size_t k = 0; k < speeds.size(); ++k) (*out)[k] = std::min(skew, std::max(1.0 / skew, speeds[k] / mean));
+}
+}  // namespace
+
 std::vector<double> Engine::shard_speeds() const {
   if (!pool_) return {};
   const std::unique_lock<std::mutex> lock = pool_->try_lock();
@@ -397,15 +407,11 @@ void Engine::set_shard_speeds(const std::vector<double>& speeds) const {
     throw std::invalid_argument(concat("expected ", pool_ ? threads_ : 0, " shard speeds (one per pool thread), got ",
                                        speeds.size()));
   if (!pool_) return;
-  double mean = 0;
-  for (double v : speeds) {
+  for (double v : speeds)
     if (!(v > 0) || !std::isfinite(v)) throw std::invalid_argument(concat("shard speeds must be finite and > 0, got ", v));
-    mean += v / static_cast<double>(speeds.size());
-  }
   const std::unique_lock<std::mutex> lock = pool_->try_lock();
   if (!lock.owns_lock()) throw std::runtime_error("the thread pool is in use by another call");
-  for (size_t k = 0; k < speeds.size(); ++k)
-    shard_speed_[k] = std::min(kMaxShardSkew, std::max(1.0 / kMaxShardSkew, speeds[k] / mean));
+  set_relative_speeds(speeds, kMaxShardSkew, &shard_speed_);
 }
 
 void Engine::rebalance_shards(const std::vector<ShardTiming>& timing) const {
@@ -418,20 +424,14 @@ void Engine::rebalance_shards(const std::vector<ShardTiming>& timing) const {
   // unlucky call cannot starve a thread. Only calls every thread
   // took part in count (a thread that ran no shard was not measured).
   const size_t n = timing.size();
-  std::vector<double> speed(n);
-  double mean = 0;
+  std::vector<double> measured(n), blended(n);
   for (size_t k = 0; k < n; ++k) {
     if (timing[k].ns <= 0 || timing[k].steps <= 0) return;
-    speed[k] = static_cast<double>(timing[k].steps) / static_cast<double>(timing[k].ns);
-    mean += speed[k] / static_cast<double>(n);
+    measured[k] = static_cast<double>(timing[k].steps) / static_cast<double>(timing[k].ns);
   }
-  double est_mean = 0;
-  for (size_t k = 0; k < n; ++k) {
-    speed[k] = 0.5 * shard_speed_[k] + 0.5 * speed[k] / mean;
-    est_mean += speed[k] / static_cast<double>(n);
-  }
-  for (size_t k = 0; k < n; ++k)
-    shard_speed_[k] = std::min(kMaxShardSkew, std::max(1.0 / kMaxShardSkew, speed[k] / est_mean));
+  set_relative_speeds(measured, std::numeric_limits<double>::infinity(), &measured);
+  for (size_t k = 0; k < n; ++k) blended[k] = 0.5 * shard_speed_[k] + 0.5 * measured[k];
+  set_relative_speeds(blended, kMaxShardSkew, &shard_speed_);
 }
 
 Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_lock<std::mutex> pool_lock) const {
