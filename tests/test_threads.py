@@ -130,6 +130,61 @@ def test_split_plans_stay_exact_on_a_busy_machine(rng):
                 h.stdout.close()
 
 
+def test_split_backoff_is_counted_in_calls_and_doubles():
+    """Held-up split calls make calls avoid split plans for a number of calls'
+    worth of time, doubling while the cores stay held, capped; a clean split
+    call ends the doubling."""
+    b = rnninfer._core._testing.SplitBackoff()
+    call, strikes, calls = 1_000_000, b.strikes, b.backoff_calls
+    assert strikes >= 2
+    assert not b.judge(call // 4 - 1, call, 0)  # waits under a quarter of the call are fine
+    for _ in range(strikes - 1):
+        assert not b.judge(call, call, 0)
+    assert not b.judge(0, call, 0)  # a clean call restarts the count
+    assert not b.held_off(0)
+    now = 10 * call
+    for k in range(40):
+        for _ in range(strikes - 1):
+            assert not b.judge(call // 4, call, now)
+        assert b.judge(call // 4, call, now)
+        expect = min(calls * call * 2**k, b.max_backoff_ns)
+        assert b.until_ns == now + expect, k
+        assert b.held_off(now + expect - 1)
+        assert not b.held_off(now + expect)
+        now += expect
+    assert not b.judge(0, call, now)  # clean: the next back-off starts short again
+    for _ in range(strikes):
+        fired = b.judge(call, 2 * call, now)
+    assert fired
+    assert b.until_ns == now + calls * 2 * call
+
+
+def _plan_counts(stats):
+    return sum(stats[k] for k in ("one_thread", "shards", "wavefront", "split", "split_late", "split_alone"))
+
+
+@pytest.mark.parametrize(("arch", "threads", "batch", "kinds"), [
+    ("split64", 1, 1, {"one_thread"}),
+    ("split64", 2, 1, {"split", "split_late", "split_alone", "wavefront"}),
+    ("bidir", 2, 1, {"wavefront"}),
+    ("stack4", 2, 17, {"shards"}),
+])
+def test_schedule_stats_count_every_call(arch, threads, batch, kinds, rng):
+    """Each call is counted once, under the plan kind it ran with (shards are
+    one call, not one per shard)."""
+    m = _model(ARCHS[arch], threads)
+    xs = random_inputs(m, rng, batch, max_len=40)
+    before = m._engine._schedule_stats()
+    assert set(before) == {"calls", "one_thread", "shards", "wavefront", "split", "split_late", "split_alone",
+                           "held_off", "backoffs"}
+    for _ in range(5):
+        m.predict(list(xs))
+    stats = {k: v - before[k] for k, v in m._engine._schedule_stats().items()}
+    assert stats["calls"] == 5, stats
+    assert _plan_counts(stats) == 5, stats
+    assert sum(stats[k] for k in kinds) == 5, stats
+
+
 @pytest.mark.parametrize("arch", ["sequence_out", "residual_masked", "bidir", "split64"])
 @pytest.mark.parametrize("threads", [2, 3])
 def test_uneven_batch_shards_are_exact(arch, threads, rng):

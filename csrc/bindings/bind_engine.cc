@@ -239,6 +239,12 @@ class PyEngine {
   int threads() const { return engine_->threads(); }
   std::vector<double> shard_speeds() const { return engine_->shard_speeds(); }
   void set_shard_speeds(const std::vector<double>& speeds) const { engine_->set_shard_speeds(speeds); }
+  py::dict schedule_stats() const {
+    const ScheduleStats stats = engine_->schedule_stats();
+    py::dict out;
+    for (int f = 0; f < ScheduleStats::kFields; ++f) out[ScheduleStats::name(f)] = stats.counts[static_cast<size_t>(f)];
+    return out;
+  }
 
  private:
   static void check_lengths(const IntArray& lengths, int batch) {
@@ -272,7 +278,9 @@ void register_engine(py::module_& m) {
       .def_property_readonly("threads", &PyEngine::threads)
       // Tests only: the batch-shard speed estimates (a scheduling hint).
       .def("_shard_speeds", &PyEngine::shard_speeds)
-      .def("_set_shard_speeds", &PyEngine::set_shard_speeds, py::arg("speeds"));
+      .def("_set_shard_speeds", &PyEngine::set_shard_speeds, py::arg("speeds"))
+      .def("_schedule_stats", &PyEngine::schedule_stats,
+           "How this model's calls ran since load (plan kinds, split back-offs): counts.");
   m.def("active_isa", []() { return std::string(default_kernels().name); },
         "The ISA of the kernels chosen for this process (RNNINFER_ISA or the best available).");
   m.def("cpu_brand", []() { return cpu_features().brand; });

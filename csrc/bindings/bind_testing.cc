@@ -57,6 +57,15 @@ void register_testing(py::module_& m) {
       },
       py::arg("lengths"), py::arg("speeds"), py::arg("min_rows"),
       "Batch shard boundaries for sequence lengths (longest first) and per-shard speeds.");
+  // The split back-off policy on a caller-supplied clock.
+  py::class_<SplitBackoff>(t, "SplitBackoff")
+      .def(py::init<>())
+      .def("held_off", &SplitBackoff::held_off, py::arg("now_ns"))
+      .def("judge", &SplitBackoff::judge, py::arg("long_wait_ns"), py::arg("call_ns"), py::arg("end_ns"))
+      .def_property_readonly("until_ns", &SplitBackoff::until_ns)
+      .def_readonly_static("strikes", &SplitBackoff::kStrikes)
+      .def_readonly_static("backoff_calls", &SplitBackoff::kBackoffCalls)
+      .def_readonly_static("max_backoff_ns", &SplitBackoff::kMaxBackoffNs);
 }
 
 }  // namespace rnninfer

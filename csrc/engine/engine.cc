@@ -327,17 +327,21 @@ void Engine::predict_features(const float* x, int batch, int steps, const int32_
 void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, CallTrace* trace,
                      const std::function<void(Workspace&, float*)>& fill) const {
   check_call(batch, steps, lengths);
+  count(ScheduleStats::kCalls);
   std::unique_lock<std::mutex> pool_lock;
   int threads = 1;
   if (pool_) {
     pool_lock = pool_->try_lock();
     if (pool_lock.owns_lock()) threads = pool_->size();
   }
-  auto run_subset = [&](const int* subset, int n, CallTrace* tr, std::unique_lock<std::mutex> lock) {
+  // whole_call: this is the call, not one shard of it (for the schedule counts).
+  auto run_subset = [&](const int* subset, int n, CallTrace* tr, std::unique_lock<std::mutex> lock, bool whole_call) {
     Lease lease(*this);
     Workspace& ws = lease.ws();
     plan_rows(ws, subset, n, steps, lengths);
     Call call = begin_call(ws, tr, std::move(lock));
+    if (whole_call && call.plan->threads == 1) count(ScheduleStats::kOneThread);
+    if (whole_call && call.plan->threads > 1 && call.plan->split <= 1) count(ScheduleStats::kWavefront);
     fill(ws, ws.stream(0));
     run(ws, call, out);
   };
@@ -368,7 +372,7 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
         const auto t0 = std::chrono::steady_clock::now();
         try {
           const int b0 = bounds[static_cast<size_t>(sh)], b1 = bounds[static_cast<size_t>(sh) + 1];
-          run_subset(sorted.data() + b0, b1 - b0, nullptr, {});
+          run_subset(sorted.data() + b0, b1 - b0, nullptr, {}, false);
           ShardTiming& tm = timing[static_cast<size_t>(tid)];
           for (int i = b0; i < b1; ++i) tm.steps += sorted_lengths[static_cast<size_t>(i)];
           tm.ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
@@ -380,9 +384,10 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
     });
     if (error) std::rethrow_exception(error);
     rebalance_shards(timing);
+    count(ScheduleStats::kShards);
     return;
   }
-  run_subset(nullptr, batch, trace, std::move(pool_lock));
+  run_subset(nullptr, batch, trace, std::move(pool_lock), true);
 }
 
 namespace {
@@ -394,6 +399,18 @@ void set_relative_speeds(const std::vector<double>& speeds, double skew, std::ve
   for (size_t k = 0; k < speeds.size(); ++k) (*out)[k] = std::min(skew, std::max(1.0 / skew, speeds[k] / mean));
 }
 }  // namespace
+
+const char* ScheduleStats::name(int field) {
+  static constexpr const char* kNames[kFields] = {"calls",      "one_thread",  "shards",   "wavefront", "split",
+                                                  "split_late", "split_alone", "held_off", "backoffs"};
+  return field >= 0 && field < kFields ? kNames[field] : "?";
+}
+
+ScheduleStats Engine::schedule_stats() const {
+  ScheduleStats s;
+  for (int f = 0; f < ScheduleStats::kFields; ++f) s.counts[static_cast<size_t>(f)] = stats_[static_cast<size_t>(f)].load(std::memory_order_relaxed);
+  return s;
+}
 
 std::vector<double> Engine::shard_speeds() const {
   if (!pool_) return {};
@@ -442,8 +459,9 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
   const int threads = call.pool_lock.owns_lock() ? pool_->size() : 1;
   const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                           std::chrono::steady_clock::now().time_since_epoch()).count();
-  const bool may_split = now >= split_backoff_until_ns_.load(std::memory_order_relaxed) &&
-                         (trace == nullptr || trace->allow_split);
+  const bool held_off = threads > 1 && split_backoff_.held_off(now);
+  if (held_off) count(ScheduleStats::kHeldOff);
+  const bool may_split = !held_off && (trace == nullptr || trace->allow_split);
   if (ws.plan_steps != ws.steps || ws.plan_batch != ws.batch || ws.plan_threads != threads ||
       ws.plan_may_split != may_split) {
     // Split plans need unit slices aligned to gemm panels (and 0 disables them).
@@ -626,16 +644,13 @@ void Engine::run_split(Workspace& ws, const Plan& plan) const {
   // counts only against short calls, and only repeatedly.
   // Only calls split from the start are judged (a late join says nothing
   // about the barrier).
-  if (split_from.load(std::memory_order_relaxed) != 0) return;
+  const int from = split_from.load(std::memory_order_relaxed);
+  count(from == 0 ? ScheduleStats::kSplit : from < U ? ScheduleStats::kSplitLate : ScheduleStats::kSplitAlone);
+  if (from != 0) return;
   const auto end = std::chrono::steady_clock::now();
-  if (barrier.long_wait_ns() * 4 < std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count()) {
-    split_strikes_.store(0, std::memory_order_relaxed);
-    return;
-  }
-  if (split_strikes_.fetch_add(1, std::memory_order_relaxed) + 1 < kSplitStrikes) return;
-  split_strikes_.store(0, std::memory_order_relaxed);
   const int64_t end_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end.time_since_epoch()).count();
-  split_backoff_until_ns_.store(end_ns + kSplitBackoff.count(), std::memory_order_relaxed);
+  const int64_t call_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count();
+  if (split_backoff_.judge(barrier.long_wait_ns(), call_ns, end_ns)) count(ScheduleStats::kBackoffs);
 }
 
 void Engine::timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const {

@@ -4,6 +4,8 @@
 // in a Workspace of its own, and so may run from many threads at once.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -50,6 +52,24 @@ struct LayerWeights {
 };
 
 
+// How an engine's calls ran (Engine::schedule_stats).
+struct ScheduleStats {
+  enum Field {
+    kCalls,        // predict calls
+    kOneThread,    // ran on the calling thread alone (plan of one thread, or the pool was busy)
+    kShards,       // batch shards, one per thread
+    kWavefront,    // units of layers and directions spread over the threads
+    kSplit,        // every layer's hidden units split, all threads from the first unit
+    kSplitLate,    // split plans whose workers joined after the caller ran some units alone
+    kSplitAlone,   // split plans whose workers never joined (the caller ran every unit)
+    kHeldOff,      // calls planned without split plans because of a back-off
+    kBackoffs,     // back-offs from split plans (threads held up at step barriers)
+    kFields
+  };
+  std::array<int64_t, kFields> counts{};
+  static const char* name(int field);
+};
+
 // What a traced call did: the plan and each unit's timing (benchmarks only).
 struct CallTrace {
   Plan plan;
@@ -87,6 +107,9 @@ class Engine {
   // another call holds the pool, set_ std::invalid_argument on bad values.
   std::vector<double> shard_speeds() const;
   void set_shard_speeds(const std::vector<double>& speeds) const;
+  // What the scheduler chose, counted over every call since load: for
+  // benchmarks and for users asking why a call was slow. Never affects results.
+  ScheduleStats schedule_stats() const;
   // Floats of output per sequence for a padded width of `steps`.
   int64_t output_size(int steps) const;
 
@@ -152,11 +175,6 @@ class Engine {
   // How long a split call waits for its threads to join before it starts
   // running units alone (spinning workers join within a few microseconds).
   static constexpr std::chrono::microseconds kJoinWait{30};
-  // Split calls whose threads together spent over a quarter of the call in long
-  // barrier waits, this many in a row, make calls avoid split plans for
-  // kSplitBackoff (see run_split).
-  static constexpr int kSplitStrikes = 3;
-  static constexpr std::chrono::nanoseconds kSplitBackoff{std::chrono::seconds(2)};
 
   void run_split(Workspace& ws, const Plan& plan) const;
   void run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid, const Slice* slice) const;
@@ -174,9 +192,11 @@ class Engine {
   int max_head_width_ = 0;
   int max_width_p_ = 0;
   std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers; nullptr for one thread
-  // Scheduling hint only (never affects results): until when split plans are avoided.
-  mutable std::atomic<int64_t> split_backoff_until_ns_{0};
-  mutable std::atomic<int> split_strikes_{0};  // consecutive held-up split calls
+  // Scheduling hint only (never affects results): when split plans are avoided.
+  mutable SplitBackoff split_backoff_;
+  // What the scheduler did (ScheduleStats' fields, by index); counted, never read back.
+  mutable std::array<std::atomic<int64_t>, ScheduleStats::kFields> stats_{};
+  void count(ScheduleStats::Field f) const { stats_[f].fetch_add(1, std::memory_order_relaxed); }
   // Scheduling hint only: each pool thread's relative speed running batch
   // shards (about 1). Read and written only by the call holding the pool.
   mutable std::vector<double> shard_speed_;

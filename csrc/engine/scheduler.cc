@@ -255,4 +255,21 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
   return plan;
 }
 
+bool SplitBackoff::judge(int64_t long_wait_ns, int64_t call_ns, int64_t end_ns) {
+  if (long_wait_ns * 4 < call_ns) {
+    strikes_.store(0, std::memory_order_relaxed);
+    doublings_.store(0, std::memory_order_relaxed);
+    return false;
+  }
+  if (strikes_.fetch_add(1, std::memory_order_relaxed) + 1 < kStrikes) return false;
+  strikes_.store(0, std::memory_order_relaxed);
+  const int doublings = doublings_.load(std::memory_order_relaxed);
+  int64_t backoff_ns = kBackoffCalls * std::max<int64_t>(call_ns, 1);
+  for (int i = 0; i < doublings && backoff_ns < kMaxBackoffNs; ++i) backoff_ns *= 2;
+  // Doublings past the cap change nothing, so the count stops there too.
+  if (backoff_ns < kMaxBackoffNs) doublings_.store(doublings + 1, std::memory_order_relaxed);
+  until_ns_.store(end_ns + std::min(backoff_ns, kMaxBackoffNs), std::memory_order_relaxed);
+  return true;
+}
+
 }  // namespace rnninfer

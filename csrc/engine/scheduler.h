@@ -22,6 +22,8 @@
 // row's arithmetic is the same under every plan and thread count.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <vector>
 
 #include "engine/model_desc.h"
@@ -78,6 +80,35 @@ Plan make_plan(const ModelDesc& desc, int steps, const std::vector<int>& lengths
 // the running work is nearest its target.
 std::vector<int> split_batch_weighted(const std::vector<int>& lengths, const std::vector<double>& speeds,
                                       int min_rows);
+
+// When calls avoid split plans. A split call whose threads together spent
+// over a quarter of it in long barrier waits (a core held by another process
+// or by the host) is a strike; kStrikes in a row begin a back-off of
+// kBackoffCalls times the last call's duration, doubled for each back-off
+// since the last clean split call, up to kMaxBackoffNs. Measured in calls
+// rather than fixed time: a core held for a moment (a burst of another
+// process, the host stealing a virtual CPU) costs a few calls of another plan,
+// one held for good settles at the cap after a few doublings, each costing
+// kStrikes slow calls. A scheduling hint shared by concurrent calls (relaxed
+// atomics; a lost update costs nothing but timing), never affecting results.
+class SplitBackoff {
+ public:
+  static constexpr int kStrikes = 3;
+  static constexpr int64_t kBackoffCalls = 16;
+  static constexpr int64_t kMaxBackoffNs = int64_t{2} * 1000 * 1000 * 1000;
+
+  // Whether split plans are held off at time now_ns (steady clock).
+  bool held_off(int64_t now_ns) const { return now_ns < until_ns_.load(std::memory_order_relaxed); }
+  // Judges a split call that ran on every thread from its first unit; true if
+  // it began a back-off.
+  bool judge(int64_t long_wait_ns, int64_t call_ns, int64_t end_ns);
+  int64_t until_ns() const { return until_ns_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<int64_t> until_ns_{0};
+  std::atomic<int> strikes_{0};   // held-up split calls in a row
+  std::atomic<int> doublings_{0};  // back-offs since the last clean split call (capped)
+};
 
 // Whether layer l needs kFinish units (merge of two directions, or residual).
 bool needs_finish(const LayerDesc& layer);

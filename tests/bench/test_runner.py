@@ -74,5 +74,12 @@ def test_thread_counts_are_timed_in_the_same_rounds(monkeypatch) -> None:
         assert sorted(timed[2 * r: 2 * r + 2]) == [1, 2]
     assert [(c["batch"], c["threads"]) for c in res["cases"]] == [(1, 1), (3, 1), (1, 2), (3, 2)]
     for c in res["cases"]:
-        assert c["engines"]["rnninfer"]["median_ms"] > 0
+        e = c["engines"]["rnninfer"]
+        assert e["median_ms"] > 0
+        # what rnninfer's scheduler did, counted over exactly the timed calls
+        assert e["schedule"]["calls"] == e["n"]
+        if c["threads"] == 1:
+            assert e["schedule"]["one_thread"] == e["n"]
     assert {(r["batch"], r["engine"]) for r in runner.scaling_rows(res)} == {(1, "rnninfer"), (3, "rnninfer")}
+    plans = [ln for ln in runner.schedule_lines(res) if ln.startswith("| emb")]
+    assert [ln.split(" | ")[0] for ln in plans] == [f"| {c['name']}" for c in res["cases"] if c["threads"] == 2]

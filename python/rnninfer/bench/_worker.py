@@ -11,7 +11,8 @@ Requests (``op``): ``hello``; ``load`` (spec JSON + tensors ``.npz`` path +
 engine names: prepares each, reports per-engine success); ``eval`` (one call,
 returns the output); ``set_input`` (the timed input; warm-up calls, returns
 the estimated latency and the first output of each engine); ``time`` (``n``
-timed calls of one engine, returns nanoseconds); ``quit``.
+timed calls of one engine, returns nanoseconds and, for rnninfer, what its
+scheduler did in those calls); ``quit``.
 """
 
 from __future__ import annotations
@@ -98,7 +99,13 @@ def _handle(state: _State, msg: dict[str, Any]) -> dict[str, Any]:
         return {"engines": result}
     if op == "time":
         assert state.x is not None
-        return {"ns": _timed_calls(state.engines[msg["engine"]].run, state.x, int(msg["n"]))}
+        prepared = state.engines[msg["engine"]]
+        before = prepared.schedule() if prepared.schedule is not None else None
+        reply: dict[str, Any] = {"ns": _timed_calls(prepared.run, state.x, int(msg["n"]))}
+        if before is not None and prepared.schedule is not None:
+            after = prepared.schedule()
+            reply["schedule"] = {k: after[k] - before.get(k, 0) for k in after}
+        return reply
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -66,10 +66,12 @@ _HEAD_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "softmax")
 
 
 class Prepared(NamedTuple):
-    """A ready-to-time engine: ``run(x) -> (B, out)`` and a version string."""
+    """A ready-to-time engine: ``run(x) -> (B, out)``, a version string and, for
+    rnninfer, how its scheduler ran the calls (cumulative counts)."""
 
     run: RunFn
     version: str
+    schedule: Callable[[], dict[str, int]] | None = None
 
 
 class Unsupported(NotImplementedError):
@@ -206,7 +208,7 @@ def prepare_rnninfer(spec: Any, tensors: Tensors, threads: int, precision: str =
         return model.predict(x)
 
     return Prepared(run, f"rnninfer {rnninfer.__version__} ({model.isa}, {precision} weights, "
-                         f"{model.recurrent_activations} activations)")
+                         f"{model.recurrent_activations} activations)", model._engine._schedule_stats)
 
 
 #: Kernel tables whose recurrent steps use dot-product instructions on reduced activations.

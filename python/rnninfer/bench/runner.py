@@ -451,6 +451,7 @@ def _run_shape(
                     continue
                 calls[(n, t)] = int(np.clip(round(round_ms * 1e6 / max(r["est_ns"], 1.0)), 1, 10000))
     samples: dict[tuple[str, int], list[int]] = {k: [] for k in calls}
+    schedule: dict[tuple[str, int], dict[str, int]] = {}
     order = list(calls)
     prog.describe(it0.name.rsplit("-t", 1)[0] if len(its) > 1 else it0.name)
     for r_i in range(rounds):
@@ -460,7 +461,10 @@ def _run_shape(
                 continue
             n, t = key
             try:
-                samples[key] += active[t][n].call("time", engine=n, n=calls[key])["ns"]
+                rep = active[t][n].call("time", engine=n, n=calls[key])
+                samples[key] += rep["ns"]
+                for k, v in rep.get("schedule", {}).items():
+                    schedule.setdefault(key, {})[k] = schedule.get(key, {}).get(k, 0) + v
             except (WorkerDied, RuntimeError) as e:
                 status[t][n].update(status="failed", reason=f"during timing: {str(e)[:2000]}")
                 del samples[key]
@@ -472,6 +476,8 @@ def _run_shape(
         st = status[t][n]
         st.update(_summary(ns, it0.batch))
         st["calls_per_round"] = calls[(n, t)]
+        if (n, t) in schedule:
+            st["schedule"] = schedule[(n, t)]
         if keep_samples:
             st["samples_ns"] = list(ns)
     return [{
@@ -549,8 +555,33 @@ def markdown(res: Mapping[str, Any]) -> str:
                 lines.append(f"| {c['name']} | {n} | {st.get('status')}: {str(st.get('reason', ''))[:120]} "
                              "| | | | | | | |")
     lines.append("")
+    lines += schedule_lines(res)
     lines += scaling_lines(res)
     return "\n".join(lines)
+
+
+_PLAN_COLUMNS = (("split", "split"), ("split_late", "split, joined late"), ("split_alone", "split, ran alone"),
+                 ("wavefront", "wavefront"), ("shards", "shards"), ("one_thread", "one thread"),
+                 ("held_off", "held off"), ("backoffs", "back-offs"))
+
+
+def schedule_lines(res: Mapping[str, Any]) -> list[str]:
+    """How rnninfer's scheduler ran the timed multi-threaded calls (plan kinds,
+    split back-offs), one row per case: which plan a median came from."""
+    rows = [(c["name"], c["engines"]["rnninfer"]["schedule"]) for c in res["cases"]
+            if c["threads"] > 1 and "schedule" in c["engines"].get("rnninfer", {})]
+    if not rows:
+        return []
+    lines = ["## rnninfer's plans in the timed calls", "",
+             ("Calls per plan kind (split: threads split every layer's hidden units, joined late: the caller ran "
+              "the first units alone while a worker woke; held off: planned without split plans after threads "
+              "were held up at step barriers; back-offs: how often that began). See docs/engine.md."), "",
+             "| case | calls | " + " | ".join(t for _, t in _PLAN_COLUMNS) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in _PLAN_COLUMNS) + " |"]
+    for name, sched in rows:
+        lines.append(f"| {name} | {sched.get('calls', 0)} | "
+                     + " | ".join(str(sched.get(k, 0)) for k, _ in _PLAN_COLUMNS) + " |")
+    return [*lines, ""]
 
 
 def scaling_rows(res: Mapping[str, Any]) -> list[dict[str, Any]]:
