@@ -408,7 +408,7 @@ const char* ScheduleStats::name(int field) {
 
 ScheduleStats Engine::schedule_stats() const {
   ScheduleStats s;
-  for (int f = 0; f < ScheduleStats::kFields; ++f) s.counts[static_cast<size_t>(f)] = stats_[static_cast<size_t>(f)].load(std::memory_order_relaxed);
+  for (size_t f = 0; f < stats_.size(); ++f) s.counts[f] = stats_[f].load(std::memory_order_relaxed);
   return s;
 }
 

@@ -194,7 +194,7 @@ class Engine {
   std::unique_ptr<ThreadPool> pool_;  // threads_ - 1 workers; nullptr for one thread
   // Scheduling hint only (never affects results): when split plans are avoided.
   mutable SplitBackoff split_backoff_;
-  // What the scheduler did (ScheduleStats' fields, by index); counted, never read back.
+  // What the scheduler did (ScheduleStats' fields, by index); never read by the scheduler itself.
   mutable std::array<std::atomic<int64_t>, ScheduleStats::kFields> stats_{};
   void count(ScheduleStats::Field f) const { stats_[f].fetch_add(1, std::memory_order_relaxed); }
   // Scheduling hint only: each pool thread's relative speed running batch
