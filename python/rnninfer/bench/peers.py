@@ -9,6 +9,8 @@ framework would have to, so the conversion is part of the timed call.
 Peers:
 
 * ``rnninfer``: :class:`rnninfer.Model` built from the canonical tensors.
+* ``rnninfer-percore``: one single-threaded rnninfer model per thread, each
+  taking a slice of the batch side by side (no scheduler: the cores' ceiling).
 * ``rnninfer-bf16`` / ``rnninfer-int8``: the same with reduced-precision
   weights (``precision="bf16"`` / ``"int8"``, docs/precision.md), on the
   process's default kernel table.
@@ -209,6 +211,31 @@ def prepare_rnninfer(spec: Any, tensors: Tensors, threads: int, precision: str =
 
     return Prepared(run, f"rnninfer {rnninfer.__version__} ({model.isa}, {precision} weights, "
                          f"{model.recurrent_activations} activations)", model._engine._schedule_stats)
+
+
+def prepare_rnninfer_percore(spec: Any, tensors: Tensors, threads: int) -> Prepared:
+    """One single-threaded rnninfer model per thread, each taking a contiguous
+    slice of the batch, called side by side from Python threads: what the cores
+    deliver with no scheduler at all. For batches its thread speedup is the
+    machine's ceiling for batch shards in the same run (two busy cores slow
+    each other); a batch of one runs on one core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rnninfer
+    from rnninfer.model import Model
+
+    models = [Model(spec, dict(tensors), threads=1) for _ in range(threads)]
+    # Workers stay alive with the worker process, like an engine's own pool.
+    pool = ThreadPoolExecutor(max_workers=threads - 1) if threads > 1 else None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        parts = [p for p in np.array_split(x, threads, axis=0) if len(p)]
+        futures = [pool.submit(m.predict, p) for m, p in zip(models[1:], parts[1:])] if pool else []
+        first = models[0].predict(parts[0])
+        return np.concatenate([first, *(f.result() for f in futures)], axis=0)
+
+    return Prepared(run, f"rnninfer {rnninfer.__version__} ({models[0].isa}, one 1-thread model per core, "
+                         "batch split evenly, no scheduler)")
 
 
 #: Kernel tables whose recurrent steps use dot-product instructions on reduced activations.
@@ -582,6 +609,7 @@ def prepare_keras_eager(spec: Any, tensors: Tensors, threads: int) -> Prepared:
 # ---- registry ------------------------------------------------------------------------------
 PEERS: tuple[Peer, ...] = (
     Peer("rnninfer", "rnninfer", ("rnninfer",), prepare_rnninfer),
+    Peer("rnninfer-percore", "rnninfer", ("rnninfer",), prepare_rnninfer_percore),
     Peer("rnninfer-bf16", "rnninfer", ("rnninfer",), prepare_rnninfer_bf16, REDUCED_CHECK_TOLERANCE),
     Peer("rnninfer-int8", "rnninfer", ("rnninfer",), prepare_rnninfer_int8, REDUCED_CHECK_TOLERANCE),
     Peer("rnninfer-bf16-widen", "rnninfer", ("rnninfer",), prepare_rnninfer_bf16_widen,
