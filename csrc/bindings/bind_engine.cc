@@ -242,7 +242,8 @@ class PyEngine {
   py::dict schedule_stats() const {
     const ScheduleStats stats = engine_->schedule_stats();
     py::dict out;
-    for (int f = 0; f < ScheduleStats::kFields; ++f) out[ScheduleStats::name(f)] = stats.counts[static_cast<size_t>(f)];
+    for (int f = 0; f < ScheduleStats::kFields; ++f)
+      out[ScheduleStats::name(f)] = stats.counts[static_cast<size_t>(f)];
     return out;
   }
 

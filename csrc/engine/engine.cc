@@ -334,16 +334,14 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
     pool_lock = pool_->try_lock();
     if (pool_lock.owns_lock()) threads = pool_->size();
   }
-  // whole_call: this is the call, not one shard of it (for the schedule counts).
-  auto run_subset = [&](const int* subset, int n, CallTrace* tr, std::unique_lock<std::mutex> lock, bool whole_call) {
+  // Returns how the rows ran (a shard's sub-call is not counted as a call).
+  auto run_subset = [&](const int* subset, int n, CallTrace* tr, std::unique_lock<std::mutex> lock) {
     Lease lease(*this);
     Workspace& ws = lease.ws();
     plan_rows(ws, subset, n, steps, lengths);
     Call call = begin_call(ws, tr, std::move(lock));
-    if (whole_call && call.plan->threads == 1) count(ScheduleStats::kOneThread);
-    if (whole_call && call.plan->threads > 1 && call.plan->split <= 1) count(ScheduleStats::kWavefront);
     fill(ws, ws.stream(0));
-    run(ws, call, out);
+    return run(ws, call, out);
   };
   if (threads > 1 && batch >= kShardRows * threads && trace == nullptr) {
     // Enough sequences: each thread takes a shard of the batch (balanced by
@@ -372,7 +370,7 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
         const auto t0 = std::chrono::steady_clock::now();
         try {
           const int b0 = bounds[static_cast<size_t>(sh)], b1 = bounds[static_cast<size_t>(sh) + 1];
-          run_subset(sorted.data() + b0, b1 - b0, nullptr, {}, false);
+          run_subset(sorted.data() + b0, b1 - b0, nullptr, {});
           ShardTiming& tm = timing[static_cast<size_t>(tid)];
           for (int i = b0; i < b1; ++i) tm.steps += sorted_lengths[static_cast<size_t>(i)];
           tm.ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
@@ -387,7 +385,7 @@ void Engine::execute(int batch, int steps, const int32_t* lengths, float* out, C
     count(ScheduleStats::kShards);
     return;
   }
-  run_subset(nullptr, batch, trace, std::move(pool_lock), true);
+  count(run_subset(nullptr, batch, trace, std::move(pool_lock)));
 }
 
 namespace {
@@ -425,7 +423,8 @@ void Engine::set_shard_speeds(const std::vector<double>& speeds) const {
                                        speeds.size()));
   if (!pool_) return;
   for (double v : speeds)
-    if (!(v > 0) || !std::isfinite(v)) throw std::invalid_argument(concat("shard speeds must be finite and > 0, got ", v));
+    if (!(v > 0) || !std::isfinite(v))
+      throw std::invalid_argument(concat("shard speeds must be finite and > 0, got ", v));
   const std::unique_lock<std::mutex> lock = pool_->try_lock();
   if (!lock.owns_lock()) throw std::runtime_error("the thread pool is in use by another call");
   set_relative_speeds(speeds, kMaxShardSkew, &shard_speed_);
@@ -521,12 +520,14 @@ Engine::Call Engine::begin_call(Workspace& ws, CallTrace* trace, std::unique_loc
   return call;
 }
 
-void Engine::run(Workspace& ws, Call& call, float* out) const {
+ScheduleStats::Field Engine::run(Workspace& ws, Call& call, float* out) const {
   const Plan& plan = *call.plan;
+  ScheduleStats::Field ran = ScheduleStats::kWavefront;
   if (plan.threads == 1) {
+    ran = ScheduleStats::kOneThread;
     for (int i : plan.per_thread[0]) timed_unit(ws, plan, i, 0);
   } else if (plan.split > 1) {
-    run_split(ws, plan);
+    ran = run_split(ws, plan);
   } else {
     // Units hand rows to each other through `done` flags. A thread runs a
     // unit only after claiming it, so each unit runs exactly once, and which
@@ -592,9 +593,10 @@ void Engine::run(Workspace& ws, Call& call, float* out) const {
   }
   call.pool_lock = {};  // the readout runs on this thread alone
   readout_and_head(ws, out);
+  return ran;
 }
 
-void Engine::run_split(Workspace& ws, const Plan& plan) const {
+ScheduleStats::Field Engine::run_split(Workspace& ws, const Plan& plan) const {
   // Every thread takes part in every step of a split unit, so the split can
   // only start once all have joined. Workers that are spinning join within
   // microseconds; one woken from sleep takes 0.1-2 ms on a VM (the host has
@@ -645,12 +647,12 @@ void Engine::run_split(Workspace& ws, const Plan& plan) const {
   // Only calls split from the start are judged (a late join says nothing
   // about the barrier).
   const int from = split_from.load(std::memory_order_relaxed);
-  count(from == 0 ? ScheduleStats::kSplit : from < U ? ScheduleStats::kSplitLate : ScheduleStats::kSplitAlone);
-  if (from != 0) return;
+  if (from != 0) return from < U ? ScheduleStats::kSplitLate : ScheduleStats::kSplitAlone;
   const auto end = std::chrono::steady_clock::now();
   const int64_t end_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end.time_since_epoch()).count();
   const int64_t call_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count();
   if (split_backoff_.judge(barrier.long_wait_ns(), call_ns, end_ns)) count(ScheduleStats::kBackoffs);
+  return ScheduleStats::kSplit;
 }
 
 void Engine::timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const {

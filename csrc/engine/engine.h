@@ -150,7 +150,8 @@ class Engine {
   Call begin_call(Workspace& ws, CallTrace* trace, std::unique_lock<std::mutex> pool_lock) const;
   void execute(int batch, int steps, const int32_t* lengths, float* out, CallTrace* trace,
                const std::function<void(Workspace&, float*)>& fill) const;
-  void run(Workspace& ws, Call& call, float* out) const;
+  // Runs the call's plan and the readout; returns which kind of plan ran.
+  ScheduleStats::Field run(Workspace& ws, Call& call, float* out) const;
   void run_unit(Workspace& ws, const Plan& plan, const Unit& u, int tid) const;
   void timed_unit(Workspace& ws, const Plan& plan, int index, int tid) const;
   // One thread's share of a split plan: hidden units [H*index/count, H*(index+1)/count).
@@ -176,7 +177,7 @@ class Engine {
   // running units alone (spinning workers join within a few microseconds).
   static constexpr std::chrono::microseconds kJoinWait{30};
 
-  void run_split(Workspace& ws, const Plan& plan) const;
+  ScheduleStats::Field run_split(Workspace& ws, const Plan& plan) const;
   void run_direction(Workspace& ws, const Plan& plan, const Unit& u, int tid, const Slice* slice) const;
   void finish_block(Workspace& ws, const Plan& plan, const Unit& u) const;
   void project_block(Workspace& ws, const Plan& plan, const Unit& u) const;

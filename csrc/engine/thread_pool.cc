@@ -59,7 +59,8 @@ bool ThreadPool::avoid_shared_cpu(int index) {
   cpu_of_[static_cast<size_t>(index)].store(cpu, std::memory_order_relaxed);
   if (cpu < 0) return false;
   bool shared = false;
-  for (int j = 0; j < index; ++j) shared = shared || cpu_of_[static_cast<size_t>(j)].load(std::memory_order_relaxed) == cpu;
+  auto cpu_of = [this](int j) { return cpu_of_[static_cast<size_t>(j)].load(std::memory_order_relaxed); };
+  for (int j = 0; j < index; ++j) shared = shared || cpu_of(j) == cpu;
   if (!shared) return false;
 #if defined(__linux__)
   // The kernel often wakes a sleeping worker on the CPU of the thread that
@@ -75,7 +76,7 @@ bool ThreadPool::avoid_shared_cpu(int index) {
   const int size = static_cast<int>(workers_.size()) + 1;
   for (int c : process_cpus_) {
     bool used = false;
-    for (int j = 0; j < size && !used; ++j) used = j != index && cpu_of_[static_cast<size_t>(j)].load(std::memory_order_relaxed) == c;
+    for (int j = 0; j < size && !used; ++j) used = j != index && cpu_of(j) == c;
     if (!used && c < CPU_SETSIZE) {
       CPU_SET(c, &set);
       ++n;

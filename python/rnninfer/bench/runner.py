@@ -463,8 +463,10 @@ def _run_shape(
             try:
                 rep = active[t][n].call("time", engine=n, n=calls[key])
                 samples[key] += rep["ns"]
-                for k, v in rep.get("schedule", {}).items():
-                    schedule.setdefault(key, {})[k] = schedule.get(key, {}).get(k, 0) + v
+                if "schedule" in rep:
+                    acc = schedule.setdefault(key, {})
+                    for k, v in rep["schedule"].items():
+                        acc[k] = acc.get(k, 0) + v
             except (WorkerDied, RuntimeError) as e:
                 status[t][n].update(status="failed", reason=f"during timing: {str(e)[:2000]}")
                 del samples[key]
