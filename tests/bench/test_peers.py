@@ -27,3 +27,13 @@ def test_percore_reference_takes_features_and_sequence_outputs() -> None:
     x = np.random.default_rng(0).standard_normal((5, 7, 3)).astype(np.float32)
     run = peers.get("rnninfer-percore").prepare(model.spec, dict(model.tensors), 2).run
     assert np.array_equal(run(x), model.predict(x))
+
+
+def test_percore_reference_rejects_an_empty_batch_like_the_model() -> None:
+    model = rnninfer.build([Embedding(40, 6), GRU(5), Dense(2)], seed=0)
+    run = peers.get("rnninfer-percore").prepare(model.spec, dict(model.tensors), 2).run
+    x = np.zeros((0, 4), np.int64)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.predict(x)
+    with pytest.raises(ValueError, match="empty batch"):
+        run(x)

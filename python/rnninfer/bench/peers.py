@@ -230,6 +230,8 @@ def prepare_rnninfer_percore(spec: Any, tensors: Tensors, threads: int) -> Prepa
 
     def run(x: np.ndarray) -> np.ndarray:
         parts = [p for p in np.array_split(x, threads, axis=0) if len(p)]
+        if not parts:  # an empty batch: the model's own error
+            return models[0].predict(x)
         futures = [pool.submit(m.predict, p) for m, p in zip(models[1:], parts[1:])] if pool else []
         first = models[0].predict(parts[0])
         return np.concatenate([first, *(f.result() for f in futures)], axis=0)
