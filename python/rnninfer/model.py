@@ -8,10 +8,11 @@ checked here, before the engine is entered, so that a bad call raises a clear
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Union
+from typing import IO, Any, Union
 
 import numpy as np
 
@@ -20,6 +21,8 @@ from .format import npz
 from .format import precision as prec
 from .format.manifest import ModelSpec, validate_spec
 from .format.spec import DTYPE, count_params, expected_tensors, validate
+from .threads import check_threads as _check_threads
+from .threads import default_threads
 
 ArrayLike = Union[np.ndarray, Sequence[Any]]
 
@@ -31,32 +34,6 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def default_threads() -> int:
-    """Cores this process may run on (affinity mask and cgroup CPU quota respected)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
-def _check_threads(threads: int | None) -> int:
-    if threads is None:
-        return default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads must be an integer or None, got {type(threads).__name__}")
-    if not 1 <= int(threads) <= 1024:
-        raise ValueError(f"threads must be between 1 and 1024, got {threads}")
-    return int(threads)
 
 
 def _check_precision(precision: str | None) -> str | None:
@@ -126,6 +103,7 @@ class Model:
         self._stored = MappingProxyType(stored)
         self._producer = dict(producer or {"converter": "rnninfer.build"})
         self._threads = _check_threads(threads)
+        self._threads_option = threads  # what a pickle carries: None re-resolves in the worker
         self._precision = target
         self._isa_arg = isa
         from . import _core  # imported here so converters and the file format work without it
@@ -249,11 +227,29 @@ class Model:
     __call__ = predict
 
     # ---- save / summary ------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str], *, compress: bool = False) -> None:
-        """Write the model file (``.npz``, see ``docs/format.md``)."""
+    def save(self, dest: str | os.PathLike[str] | IO[bytes], *, compress: bool = False) -> None:
+        """Write the model file (``.npz``, see ``docs/format.md``).
+
+        Args:
+            dest: a path, or a binary file object open for writing (its
+                ``write`` receives the whole file; it is not closed).
+            compress: deflate the archive members.
+        """
         producer = dict(self._producer)
         producer["rnninfer"] = _version()
-        npz.write(path, self._spec, dict(self._stored), producer, compress=compress)
+        npz.write(dest, self._spec, dict(self._stored), producer, compress=compress)
+
+    def to_bytes(self) -> bytes:
+        """The model file's bytes (what :meth:`save` writes; :func:`load` reads them back)."""
+        buf = io.BytesIO()
+        self.save(buf)
+        return buf.getvalue()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A pickle is the model file plus the load options, never packed
+        # buffers or code: unpickling re-validates exactly as load() does,
+        # and threads=None is resolved again in the receiving process.
+        return (_unpickle, (self.to_bytes(), self._threads_option, self._precision, self._isa_arg))
 
     def summary(self) -> str:
         """A table of the layers: type, units, direction, params, output shape."""
@@ -525,27 +521,83 @@ def _prepare_features(
     return arr, lens, single
 
 
+ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+
+
 def load(
-    path: str | os.PathLike[str], *, threads: int | None = None, precision: str | None = None
+    src: ModelSource, *, threads: int | None = None, precision: str | None = None
 ) -> Model:
     """Open a model file.
 
     Args:
-        path: the ``.npz`` model file.
-        threads: threads per call; ``None`` = the cores this process may use.
+        src: the ``.npz`` model file: a path, its bytes (``bytes``,
+            ``bytearray``, ``memoryview``), or a binary file object (read to
+            its end, not closed), e.g. a response body or a blob-storage
+            stream.
+        threads: threads per call. ``None`` (default): ``RNNINFER_NUM_THREADS``
+            if set, else ``OMP_NUM_THREADS`` if set (as Ray, Dask and most
+            schedulers set it per worker), else the CPUs of the process's
+            affinity mask capped by its cgroup CPU quota (see
+            :mod:`rnninfer.threads` and ``docs/engine.md``).
         precision: weight precision, ``"fp32"``, ``"bf16"`` or ``"int8"``
             (``None`` = what the file stores). A bf16 file loaded as fp32 is
             widened exactly.
 
     Raises:
-        ValueError: an unknown ``precision``.
+        TypeError: ``src`` of another type, or a file object in text mode.
+        ValueError: an unknown ``precision``, a bad ``threads``, or a bad
+            ``RNNINFER_NUM_THREADS``.
         ModelFormatError: the file is missing, corrupt, of a newer format
-            version, or inconsistent; the message lists every problem.
+            version, or inconsistent; the message lists every problem. No
+            other exception comes from the file's content.
     """
+    return _load(src, threads=threads, precision=precision, isa=None)
+
+
+def _load(src: ModelSource, *, threads: int | None, precision: str | None, isa: str | None) -> Model:
     _check_threads(threads)
     _check_precision(precision)
-    spec, tensors, manifest = npz.read(path)
-    return Model(spec, tensors, producer=manifest.get("producer"), threads=threads, precision=precision)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data, source = memoryview(src).tobytes(), "<bytes>"
+    elif isinstance(src, (str, os.PathLike)):
+        source = os.fspath(src)
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelFormatError(f"cannot read model file: {e}", source=source) from e
+    elif callable(getattr(src, "read", None)):
+        source = str(getattr(src, "name", "<file object>"))
+        try:
+            data = src.read()
+        except OSError as e:
+            raise ModelFormatError(f"cannot read model file: {e}", source=source) from e
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"src: a file object must be opened in binary mode ('rb'); its read() gave "
+                f"{type(data).__name__}"
+            )
+        data = memoryview(data).tobytes()
+    else:
+        raise TypeError(
+            "src must be a path, the file's bytes (bytes, bytearray, memoryview) or a binary "
+            f"file object, got {type(src).__name__}"
+        )
+    try:
+        spec, tensors, manifest = npz.read_bytes(data, source=source)
+        return Model(spec, tensors, producer=manifest.get("producer"), threads=threads,
+                     precision=precision, isa=isa)
+    except ModelFormatError:
+        raise
+    except Exception as e:
+        # The arguments were checked above, so whatever else fails comes from
+        # the file's content (the engine's own checks raise ValueError); the
+        # contract is one exception type for a bad file, whatever the damage.
+        raise ModelFormatError(f"unreadable model: {type(e).__name__}: {e}", source=source) from e
+
+
+def _unpickle(data: bytes, threads: int | None, precision: str, isa: str | None) -> Model:
+    return _load(data, threads=threads, precision=precision, isa=isa)
 
 
 def build(
@@ -580,4 +632,4 @@ def build(
                  threads=threads, precision=precision)
 
 
-__all__ = ["DTYPE", "Model", "build", "default_threads", "load"]
+__all__ = ["DTYPE", "Model", "ModelSource", "build", "default_threads", "load"]

@@ -6,7 +6,7 @@ import io
 import json
 import os
 import zipfile
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -39,14 +39,17 @@ def manifest_dict(spec: ModelSpec, tensors: dict[str, np.ndarray], producer: dic
 
 
 def write(
-    path: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | IO[bytes],
     spec: ModelSpec,
     tensors: dict[str, np.ndarray],
     producer: dict[str, Any],
     *,
     compress: bool = False,
 ) -> None:
-    """Write a model file. The caller has validated ``spec`` and ``tensors``."""
+    """Write a model file to a path or a binary file object.
+
+    The caller has validated ``spec`` and ``tensors``.
+    """
     manifest = json.dumps(manifest_dict(spec, tensors, producer), indent=1, sort_keys=True)
     arrays: dict[str, np.ndarray] = {
         MANIFEST_KEY: np.frombuffer(manifest.encode("utf-8"), dtype=np.uint8)
@@ -56,12 +59,18 @@ def write(
         # everything else is float32.
         dtype = t.dtype if t.dtype in _DTYPE_NAMES else DTYPE
         arrays[name] = np.ascontiguousarray(t, dtype=dtype)
-    path = os.fspath(path)
+    save = np.savez_compressed if compress else np.savez
+    if not isinstance(dest, (str, os.PathLike)):
+        if not callable(getattr(dest, "write", None)):
+            raise TypeError(f"dest must be a path or a binary file object, got {type(dest).__name__}")
+        save(dest, **arrays)  # type: ignore[arg-type]
+        return
+    path = os.fspath(dest)
     # Write to a temporary name first so that a crash never leaves a half file
     # under the final name.
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        (np.savez_compressed if compress else np.savez)(f, **arrays)  # type: ignore[arg-type]
+        save(f, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, path)
 
 
