@@ -213,13 +213,13 @@ class PyStream {
 // form read_input does not take; nothing is advanced then, or on any error.
 py::object feed_many(const PyEngine& owner, const py::list& streams, const py::list& xs) {
   const Engine& e = owner.engine();
+  e.check_streams();
   const py::ssize_t n = static_cast<py::ssize_t>(py::len(streams));
   if (static_cast<py::ssize_t>(py::len(xs)) != n)
     throw std::invalid_argument("feed_many needs one input per stream: got " + std::to_string(n) +
                                 " streams and " + std::to_string(py::len(xs)) + " inputs");
   if (n == 0) throw std::invalid_argument("feed_many got no streams");
   if (n > INT32_MAX) throw std::invalid_argument("too many streams for one call");
-  e.check_streams();
   std::vector<PyStream*> ss(static_cast<size_t>(n), nullptr);
   struct Release {
     std::vector<PyStream*>& ss;
