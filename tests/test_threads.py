@@ -393,3 +393,33 @@ def test_threads_option_validated():
     with pytest.raises(ValueError, match="threads"):
         _model(ARCHS["stack4"], 0)
     assert threading.active_count() >= 1
+
+
+def test_engine_construction_releases_the_gil():
+    """Packing and the token projection table run without the GIL: another
+    Python thread keeps running in the middle of a long construction."""
+    import time
+
+    from rnninfer.model import _engine_desc
+
+    model = rnninfer.build([Embedding(20000, 128), LSTM(256), Dense(1)], seed=0, threads=1)
+    desc, tensors = _engine_desc(model.spec), dict(model.stored_tensors)
+    span: list[float] = []
+
+    def construct() -> None:
+        t0 = time.perf_counter()
+        _core.Engine(desc, tensors, 1, "")
+        span.extend([t0, time.perf_counter()])
+
+    ticks: list[float] = []
+    t = threading.Thread(target=construct)
+    t.start()
+    while t.is_alive():
+        ticks.append(time.perf_counter())
+    t.join()
+    start, end = span
+    # The middle half of the C++ construction (the Python part before and
+    # after it is short): the main thread ran bytecode in it.
+    lo, hi = start + 0.25 * (end - start), start + 0.75 * (end - start)
+    assert end - start > 0.005
+    assert any(lo <= x <= hi for x in ticks)
