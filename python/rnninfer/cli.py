@@ -28,7 +28,7 @@ class UsageError(Exception):
     """A command line that cannot run as given (exit status 2, message on stderr)."""
 
 
-def _load_model(path: str, **kw: Any) -> Any:
+def open_model(path: str, **kw: Any) -> Any:
     """``rnninfer.load``, with a pointer to ``rnninfer convert`` for a framework checkpoint."""
     from . import load
 
@@ -92,7 +92,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import isa
 
-    model = _load_model(args.model, precision=args.precision)
+    model = open_model(args.model, precision=args.precision)
     print(model.summary())
     print(f"isa: {isa()}, threads: {model.threads}, precision: {model.precision}")
     return 0
@@ -141,7 +141,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise UsageError(f"-o {args.output}: the output must be .jsonl or .npy")
     if args.input and args.input != "-" and not Path(args.input).is_file():
         raise UsageError(f"--input {args.input}: no such file")
-    model = _load_model(args.model, threads=args.threads, precision=args.precision)
+    model = open_model(args.model, threads=args.threads, precision=args.precision)
     tokens = model.spec.input.kind == "tokens"
     lengths = _parse_lengths(args.lengths) if args.lengths else None
     total: int | None
@@ -184,7 +184,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.runner import main as bench_main
+    from .bench.command import main as bench_main
 
     return bench_main(args)
 
@@ -241,19 +241,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight precision to run with (default: what the file stores)")
     r.set_defaults(func=_cmd_predict)
 
+    from .bench import SUITES
+
     b = sub.add_parser(
         "bench",
         help="time a model (default: the built-in headline model) against installed peer frameworks",
+        description="Time rnninfer against PyTorch, ONNX Runtime, OpenVINO and Keras (those installed: "
+                    "pip install 'rnninfer[bench]' or 'rnninfer[bench-all]') on the same model, threads "
+                    "and inputs, and say which is faster. Other suites: "
+                    + ", ".join(f"'rnninfer bench {n} --help'" for n in SUITES) + ".",
     )
-    from .bench.runner import add_arguments
+    from .bench.command import add_arguments
 
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
     return p
 
 
+def _run_suite(name: str, module: str, argv: list[str]) -> int:
+    """``rnninfer bench NAME ...``: a registered suite's own ``main(argv)``."""
+    import importlib
+
+    prefix = f"rnninfer bench {name}: "
+    try:
+        mod = importlib.import_module(f".bench.{module}", __package__)
+        return int(mod.main(argv))
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        msg = e.code.removeprefix(prefix)
+    except (UsageError, ModelFormatError, ValueError, TypeError, OSError) as e:
+        msg = str(e)
+    print(f"{prefix}error: {msg}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rnninfer`` console script and ``python -m rnninfer``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "bench":
+        from .bench import SUITES
+
+        if argv[1] in SUITES:
+            return _run_suite(argv[1], SUITES[argv[1]], argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     prefix = f"rnninfer {args.command}: "
