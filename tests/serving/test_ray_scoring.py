@@ -143,3 +143,15 @@ def test_scorer_outside_ray(tmp_path: Path) -> None:
     fcol[:] = [np.array(list(s), dtype=object) for s in fseqs]  # list-of-rows column
     fout = Scorer(fmodel, column="x", output="y")({"x": fcol})
     np.testing.assert_array_equal(fout["y"], fmodel.predict([s.astype(np.float32) for s in fseqs]))
+
+
+def test_threads_follow_the_cpus_ray_assigns(ray_cluster: Any, tmp_path: Path) -> None:
+    """In a task or actor, the model runs as many threads as whole CPUs Ray gave it (the
+    model comes back by pickle, which carries the threads it was loaded with)."""
+    model, _ = _token_model(tmp_path)
+    ref = ray_cluster.put(model)
+    task = ray_cluster.remote(resolve_model)
+    for cpus, threads in ((2, 2), (1, 1), (0.5, 1)):
+        got = ray_cluster.get(task.options(num_cpus=cpus).remote(ref))
+        assert got.threads == threads
+        assert np.array_equal(got.predict([1, 2, 3]), model.predict([1, 2, 3]))

@@ -39,7 +39,10 @@ def actor_cpus() -> int:
         return 1
     if not ray.is_initialized():
         return 1
-    assigned: dict[str, float] = ray.get_runtime_context().get_assigned_resources()  # type: ignore[no-untyped-call]
+    try:
+        assigned: dict[str, float] = ray.get_runtime_context().get_assigned_resources()  # type: ignore[no-untyped-call]
+    except AssertionError:  # Ray asserts this is called in a worker; the driver has no assignment
+        return 1
     return max(1, int(assigned.get("CPU", 0.0)))
 
 

@@ -63,7 +63,7 @@ from .base import (
     setup_process,
     thread_env,
 )
-from .keras_tf import prepare_keras_eager, prepare_keras_xla
+from .keras_tf import keras_model, prepare_keras_eager, prepare_keras_xla
 from .native import (
     prepare_rnninfer,
     prepare_rnninfer_bf16,
@@ -72,8 +72,14 @@ from .native import (
     prepare_rnninfer_int8_widen,
     prepare_rnninfer_percore,
 )
-from .onnxrt import prepare_onnxruntime, prepare_onnxruntime_int8, prepare_openvino, prepare_openvino_bf16
-from .pytorch import prepare_pytorch
+from .onnxrt import (
+    export_onnx,
+    prepare_onnxruntime,
+    prepare_onnxruntime_int8,
+    prepare_openvino,
+    prepare_openvino_bf16,
+)
+from .pytorch import prepare_pytorch, torch_module
 
 # ---- registry ------------------------------------------------------------------------------
 PEERS: tuple[Peer, ...] = (
@@ -159,6 +165,6 @@ def sample_input(spec: Any, batch: int, T: int, seed: int) -> np.ndarray:
 
 __all__ = [
     "CHECK_TOLERANCE", "PEERS", "PEER_NAMES", "REDUCED_CHECK_TOLERANCE", "Peer", "Prepared", "RunFn", "Tensors",
-    "Unsupported", "WrongOutput", "check", "check_supported", "get", "max_abs_error", "reference_outputs",
-    "sample_input", "setup_process", "thread_env", "verify",
+    "Unsupported", "WrongOutput", "check", "check_supported", "export_onnx", "get", "keras_model",
+    "max_abs_error", "reference_outputs", "sample_input", "setup_process", "thread_env", "torch_module", "verify",
 ]
