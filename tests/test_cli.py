@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -234,22 +235,30 @@ def test_argparse_errors_use_the_same_style_and_exit_2(model_file: Path, tmp_pat
 
 
 def test_bench_a_model_file(model_file: Path, tmp_path: Path) -> None:
-    """`rnninfer bench MODEL` times the model (rnninfer only here) and writes its result files."""
-    out = tmp_path / "res"
+    """`rnninfer bench MODEL` times the model (rnninfer only here) and writes its result files
+    into the results folder, not the current one."""
+    work, results = tmp_path / "work", tmp_path / "results"
+    work.mkdir()
     r = subprocess.run(
         [sys.executable, "-m", "rnninfer", "bench", str(model_file), "--engines", "rnninfer", "--threads", "1,2",
-         "--rounds", "2", "--round-ms", "5", "--steps", "6", "--batches", "1,3", "--no-progress",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
+         "--rounds", "2", "--round-ms", "5", "--steps", "6", "--batches", "1,3", "--no-progress"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=work,
+        env={**os.environ, "RNNINFER_BENCH_DIR": str(results),
+             "PYTHONPATH": os.pathsep.join([str(Path(rnninfer.__file__).parents[1]),
+                                            os.environ.get("PYTHONPATH", "")])},
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(Path(str(out) + ".json").read_text())
+    assert list(work.iterdir()) == []
+    [out] = results.glob("model-*.json")
+    res = json.loads(out.read_text())
     assert {(c["batch"], c["threads"]) for c in res["cases"]} == {(1, 1), (3, 1), (1, 2), (3, 2)}
     for c in res["cases"]:
         assert c["engines"]["rnninfer"]["median_ms"] > 0
-    md = Path(str(out) + ".md").read_text()
+    md = out.with_suffix(".md").read_text()
     assert "| rnninfer |" in md
+    assert "## Verdict" in md
     assert "## Thread scaling (same run)" in md
+    assert res["worker_logs"] is None  # nothing failed: no logs left in /tmp
 
 
 def test_version_flag() -> None:

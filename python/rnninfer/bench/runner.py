@@ -10,7 +10,7 @@ Usage::
 Protocol: every engine runs in the same run, on the same machine,
 the same model with the same weights, the same input and the same thread
 count. Each framework lives in its own worker process per thread count (see
-``_worker.py``), all alive for the whole run. Before timing, every engine's output is checked against the
+``worker.py``), all alive for the whole run. Before timing, every engine's output is checked against the
 float64 reference (``rnninfer.reference``) on a small batch and on the first
 and last rows of the timed batch; an engine that disagrees by more than
 ``1e-4`` is reported, never timed. Timing is done in interleaved rounds: in
