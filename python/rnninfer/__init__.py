@@ -26,9 +26,10 @@ def from_keras(src: object) -> Model:
 
     See ``docs/keras.md``. Reading files needs h5py, not TensorFlow.
     """
-    from .converters.keras import from_keras as _from_keras
+    from .converters.keras import convert_keras
 
-    return _from_keras(src)
+    spec, tensors, producer = convert_keras(src)
+    return Model(spec, tensors, producer=producer)
 
 
 def from_torch(
@@ -43,15 +44,16 @@ def from_torch(
 
     See ``docs/torch.md``.
     """
-    from .converters.torch import from_torch as _from_torch
+    from .converters.torch import convert_torch
 
-    return _from_torch(
+    spec, tensors, producer = convert_torch(
         src,
         readout=readout,
         head_activation=head_activation,
         hidden_activation=hidden_activation,
         nonlinearity=nonlinearity,
     )
+    return Model(spec, tensors, producer=producer)
 
 
 __all__ = [

@@ -1,9 +1,16 @@
-"""What every converter shares: turning a spec + canonical tensors into a Model."""
+"""What every converter shares: the result type and its one validation.
+
+A converter is a reader (file or object -> named arrays + config, no rnninfer
+types) followed by a mapper (-> spec + canonical tensors + provenance). The
+mapper's result passes :func:`finish` once; :func:`rnninfer.from_keras` and
+:func:`rnninfer.from_torch` wrap it into a ``Model`` (this package never
+imports the engine).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -11,8 +18,15 @@ from ..errors import ModelFormatError
 from ..format.manifest import ModelSpec
 from ..format.spec import DTYPE, validate
 
-if TYPE_CHECKING:
-    from ..model import Model
+__all__ = ["Converted", "finish"]
+
+
+class Converted(NamedTuple):
+    """A converted model: its spec, canonical float32 tensors and provenance."""
+
+    spec: ModelSpec
+    tensors: dict[str, np.ndarray]
+    producer: dict[str, Any]
 
 
 def finish(
@@ -21,17 +35,15 @@ def finish(
     producer: Mapping[str, Any],
     *,
     source: str | None = None,
-) -> Model:
-    """Validate a converted model and open it.
+) -> Converted:
+    """Validate a converted model against the canonical spec.
 
-    Converters only reorder and transpose; this is where the result is checked
-    against the canonical spec, so a converter bug surfaces as a
-    ``ModelFormatError`` naming the tensor rather than as wrong predictions.
+    Converters only reorder and transpose; this is where the result is checked,
+    so a converter bug surfaces as a ``ModelFormatError`` naming the tensor
+    rather than as wrong predictions.
     """
-    from ..model import Model
-
     canon = {k: np.ascontiguousarray(v, dtype=DTYPE) for k, v in tensors.items()}
     problems = validate(spec, canon)
     if problems:
         raise ModelFormatError(problems, source=source)
-    return Model(spec, canon, producer=dict(producer))
+    return Converted(spec, canon, dict(producer))
