@@ -9,6 +9,11 @@ Typical use::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
 from ._version import __version__
 from .errors import ModelFormatError
 from .model import Model, build, load
@@ -35,25 +40,49 @@ def from_keras(src: object) -> Model:
 def from_torch(
     src: object,
     *,
-    readout: str = "last",
+    readout: str | None = None,
     head_activation: str | None = None,
     hidden_activation: str | None = None,
     nonlinearity: str = "tanh",
+    example_inputs: Sequence[Any] | None = None,
+    check: bool = True,
+    tolerance: float = 1e-4,
 ) -> Model:
     """Convert a PyTorch model (module, state dict, ``.pt``/``.pth``, ``.safetensors``).
 
-    See ``docs/torch.md``.
-    """
-    from .converters.torch import convert_torch
+    An ``nn.Module``'s ``forward`` is run once on an example input to read
+    what it computes (readout, direction order, activations); with ``check``
+    the converted model is run on the same input and must agree with the
+    module's output within ``tolerance``. See ``docs/torch.md`` and
+    :func:`rnninfer.converters.torch.convert_torch` for the other arguments.
 
-    spec, tensors, producer = convert_torch(
+    Raises:
+        ValueError: also when the converted model disagrees with the module
+            (the message names the largest difference).
+    """
+    from .converters.torch import convert_torch_probed
+
+    (spec, tensors, producer), probe = convert_torch_probed(
         src,
         readout=readout,
         head_activation=head_activation,
         hidden_activation=hidden_activation,
         nonlinearity=nonlinearity,
+        example_inputs=example_inputs,
     )
-    return Model(spec, tensors, producer=producer)
+    model = Model(spec, tensors, producer=producer)
+    if check and probe is not None:
+        got = model.predict(probe.inputs, lengths=probe.lengths)
+        diff = probe.max_difference(np.asarray(got))
+        scale = max(1.0, float(np.max(np.abs(probe.expected)))) if len(probe.expected) else 1.0
+        if not diff <= tolerance * scale:
+            raise ValueError(
+                f"the converted model disagrees with the module's forward on an example input: max "
+                f"difference {diff:.3g} (tolerance {tolerance * scale:.3g}); forward computes "
+                "something rnninfer's reading of it misses. Please report it; pass check=False to "
+                "skip this check"
+            )
+    return model
 
 
 __all__ = [
