@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickletools
+import re
 import struct
 import sys
 import zipfile
@@ -29,6 +30,9 @@ _ACCEPTED_DTYPES = ("float32", "float16", "bfloat16")
 _SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "bfloat16"}
 #: Nested state-dict keys of common training checkpoints ({"epoch": ..., "model_state_dict": ...}).
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "module")
+
+
+_TIED_KEY = re.compile(r"^[\w.]*(weight|bias)$")
 
 
 def read_state_file(path: str) -> tuple[Mapping[str, Any], bool]:
@@ -171,12 +175,18 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
                     out[key] = _read_bf16(path, header, key)
                 else:
                     out[key] = np.asarray(f.get_tensor(key)).astype(np.float32)
+            metadata = f.metadata() or {}
     except ModelFormatError:
         raise
     except Exception as e:
         raise ModelFormatError(f"cannot read the safetensors file (corrupt?): {e}", source=name) from e
     if not out:
         raise ModelFormatError("the safetensors file holds no tensors", source=name)
+    # safetensors.torch.save_model stores one name of tied (shared) tensors and
+    # records each dropped name in the metadata as {dropped: kept}.
+    for dropped, kept in metadata.items():
+        if isinstance(kept, str) and kept in out and dropped not in out and _TIED_KEY.match(dropped):
+            out[dropped] = out[kept]
     return out
 
 

@@ -8,6 +8,7 @@ onto rnninfer's spec.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -140,6 +141,8 @@ def parts_from_state(
         elif set(g) == {"weight"} and g["weight"].ndim == 2:
             weight_only.append((len(parts.order), name, g["weight"]))
             parts.order.append(LinearPart(name, g["weight"], None))  # provisional; may be the embedding
+        elif set(g) == {"bias"} and g["bias"].ndim == 1:
+            raise ModelFormatError(_lone_bias(full("bias"), g["bias"], state), source=source)
         else:
             unknown = sorted(full(k) for k in g if k not in ("weight", "bias"))
             odd = unknown or sorted(full(k) for k in g)
@@ -150,6 +153,55 @@ def parts_from_state(
             )
     _resolve_embedding(parts, weight_only, source)
     return parts
+
+
+def _check_rnn_shapes(
+    g: Mapping[str, np.ndarray], cell: str, hidden: int, proj: int, bidirectional: bool,
+    full: Callable[[str], str], source: str | None,
+) -> None:
+    """Every recurrent tensor's shape, named with the shape it should have (e.g. a transposed weight)."""
+    rows = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * hidden
+    out = proj or hidden
+    problems = []
+    for key, t in g.items():
+        kind, mat, layer, _ = _RNN_KEY.match(key).groups()  # type: ignore[union-attr]
+        if kind == "bias":
+            want: tuple[int | None, ...] = (rows,)
+        elif mat == "hr":
+            want = (proj, hidden)
+        elif mat == "hh":
+            want = (rows, out)
+        else:
+            want = (rows, None if layer == "0" else out * (2 if bidirectional else 1))
+        shape = tuple(int(s) for s in t.shape)
+        if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)):
+            text = ", ".join("in" if w is None else str(w) for w in want)
+            hint = " (transposed?)" if len(shape) == 2 and shape[::-1][0] == want[0] else ""
+            problems.append(
+                f"{full(key)} has shape {shape}{hint}, expected ({text}) for an {cell.upper()} "
+                f"with hidden size {hidden}"
+            )
+    if problems:
+        raise ModelFormatError(problems, source=source)
+
+
+def _lone_bias(key: str, bias: np.ndarray, state: Mapping[Any, Any]) -> str:
+    """Explain a bias without its weight: usually a tied weight dropped at saving."""
+    width = int(bias.shape[0])
+    ties = [
+        str(k) for k, v in state.items()
+        if str(k).endswith("weight") and len(getattr(v, "shape", ())) == 2 and int(v.shape[0]) == width
+    ]
+    weight = key[: -len("bias")] + "weight"
+    hint = (
+        f"; its weight is probably tied to {ties[0]!r} (same {width} rows), and saving dropped "
+        "the shared copy (safetensors' save_model records the tie in the file's metadata, "
+        "save_file does not)" if ties else ""
+    )
+    return (
+        f"missing key {weight!r}: {key!r} ({width},) has no weight, so the Linear layer reading it "
+        f"cannot be built{hint}. Add the tensor under {weight!r} or save with the tie"
+    )
 
 
 def _recurrent_from_state(
@@ -213,6 +265,7 @@ def _recurrent_from_state(
             [f"recurrent module {name or '<root>'!r} ({cell}, {num_layers} layer(s)): {p}" for p in problems],
             source=source,
         )
+    _check_rnn_shapes(g, cell, hidden, proj, bidirectional, full, source)
     if cell == "rnn":
         notes.append(
             f"{name or '<root>'}: nn.RNN weights from a state dict; nonlinearity "
@@ -229,6 +282,24 @@ def _recurrent_from_state(
         nonlinearity=nonlinearity if cell == "rnn" else "tanh",
         params=dict(g),
     )
+
+
+def _head_chains(parts: Parts, extra: np.ndarray, starts: set[int]) -> bool:
+    """Whether the Linear layers plus a bias-free ``extra`` weight chain from one of ``starts``."""
+    dims = [(p.in_width, p.out_width) for p in parts.order if isinstance(p, LinearPart) and p.weight is not extra]
+    dims.append((int(extra.shape[1]), int(extra.shape[0])))
+    if len(dims) > 8:
+        return True  # too many to try: stay ambiguous
+    for order in itertools.permutations(dims):
+        for start in starts:
+            width = start
+            for i, o in order:
+                if i != width:
+                    break
+                width = o
+            else:
+                return True
+    return False
 
 
 def _resolve_embedding(
@@ -266,6 +337,8 @@ def _resolve_embedding(
             continue
         elif parts.trusted_order and pos < first_rec:
             chosen.append((pos, name, "its position before the recurrent layers"))
+        elif not _head_chains(parts, w, {r.output_width for r in recurrents}):
+            chosen.append((pos, name, "the widths: as a Linear it would not chain onto the head"))
         else:
             raise ValueError(
                 f"cannot tell whether {name + '.weight'!r} {tuple(w.shape)} is an nn.Embedding "
