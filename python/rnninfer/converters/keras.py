@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from ..format.manifest import InputSpec, ModelSpec
-from .base import Converted, finish
+from .base import Converted, Probe, finish
 from .keras_files import KerasSource, read_keras
 from .keras_graph import MASK_OPS, Node, TensorKey, graph, keras_major
 from .keras_layers import (
@@ -46,7 +46,7 @@ from .keras_layers import (
     map_recurrent,
 )
 
-__all__ = ["SUPPORTED_LAYERS", "convert_keras"]
+__all__ = ["SUPPORTED_LAYERS", "convert_keras", "keras_probe"]
 
 
 def convert_keras(src: Any) -> Converted:
@@ -77,6 +77,28 @@ def convert_keras(src: Any) -> Converted:
     finally:
         source.close()
     return finish(spec, tensors, producer, source=producer.get("source"))
+
+
+def keras_probe(model: Any, spec: ModelSpec) -> Probe | None:
+    """The in-memory Keras ``model``'s own output on a small random input.
+
+    ``None`` when the model cannot run on it (e.g. a stateful model built for
+    another batch size): then there is nothing to compare with.
+    """
+    rng = np.random.default_rng(0)
+    if spec.input.kind == "tokens":
+        # Token 0 is left out: with mask_zero it is skipped, which is tested elsewhere.
+        x = rng.integers(1, max(spec.input.vocab_size, 2), size=(2, 6)).astype(np.int32)
+    else:
+        x = rng.standard_normal((2, 6, spec.input.features)).astype(np.float32)
+    try:
+        y = np.asarray(model(x, training=False), dtype=np.float64)
+    except Exception:  # noqa: BLE001 - any failure of the source means: no probe
+        return None
+    want = (2, 6, spec.output_width) if spec.readout == "sequence" else (2, spec.output_width)
+    if y.shape != want:
+        return None
+    return Probe.whole(x, y)
 
 
 def _convert(source: KerasSource, *, source_name: str) -> tuple[ModelSpec, Tensors, dict[str, Any]]:

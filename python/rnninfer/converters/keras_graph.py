@@ -114,6 +114,18 @@ def _tensor_refs(obj: Any, out: list[TensorKey], consts: list[Any]) -> None:
         consts.append(obj)
 
 
+def _show(v: Any) -> str:
+    """A call argument for a message: tensors by the layer that makes them, not as config dicts."""
+    if isinstance(v, dict) and v.get("class_name") == "__keras_tensor__":
+        hist = (v.get("config") or {}).get("keras_history")
+        return f"<output of layer {hist[0]!r}>" if isinstance(hist, list) and hist else "<a tensor>"
+    if isinstance(v, list) and len(v) >= 3 and isinstance(v[0], str) and isinstance(v[1], int):
+        return f"<output of layer {v[0]!r}>"  # Keras 2 node reference
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return repr(v)
+
+
 def _key_list(v: Any) -> list[TensorKey]:
     """``["name", 0, 0]`` or a list of them -> tensor keys."""
     if isinstance(v, list) and len(v) == 3 and isinstance(v[0], str):
@@ -158,7 +170,7 @@ def _functional_graph(
                 else:
                     raise ValueError(
                         f"layer {name!r} ({cls}) at position {pos} is called with argument "
-                        f"{k}={v!r}, which rnninfer does not support"
+                        f"{k}={_show(v)}, which rnninfer does not support"
                     )
         elif isinstance(call, list):  # Keras 2: [["name", node, tensor, {kwargs}], ...]
             for ref in call:
@@ -170,7 +182,7 @@ def _functional_graph(
                     if k not in ("training",) and v is not None:
                         raise ValueError(
                             f"layer {name!r} ({cls}) at position {pos} is called with argument "
-                            f"{k}={v!r}, which rnninfer does not support"
+                            f"{k}={_show(v)}, which rnninfer does not support"
                         )
         else:
             raise ModelFormatError(f"malformed inbound node of layer {name!r}: {call!r}")

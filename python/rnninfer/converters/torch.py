@@ -29,9 +29,9 @@ import numpy as np
 
 from ..format.manifest import DenseSpec, InputSpec, ModelSpec, RecurrentSpec
 from ._gates import head_activation_option, hidden_activation_option
-from .base import Converted, finish
+from .base import Converted, Probe, finish
 from .torch_files import read_state_file
-from .torch_forward import ForwardPlan, Probe, Refused, trace_forward
+from .torch_forward import ForwardPlan, Refused, trace_forward
 from .torch_parts import (
     NONLINEARITIES,
     ActivationPart,

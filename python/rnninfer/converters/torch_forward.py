@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ForwardPlan", "Probe", "Refused", "trace_forward"]
+from .base import Probe
+
+__all__ = ["ForwardPlan", "Refused", "trace_forward"]
 
 #: Example input length and batch; two sequences so that batch-mixing views show.
 _T = 6
@@ -38,26 +40,6 @@ _B = 2
 
 class Refused(ValueError):
     """``forward`` computes something rnninfer cannot run (the message names it)."""
-
-
-@dataclass
-class Probe:
-    """An input, the source's output on it, and where each output value sits in rnninfer's.
-
-    ``index[i] = (b, t, k)`` (``t = -1`` for one row per sequence) locates
-    ``expected[i]`` in ``Model.predict(inputs, lengths=lengths)``.
-    """
-
-    inputs: np.ndarray
-    lengths: np.ndarray | None
-    expected: np.ndarray
-    index: np.ndarray
-
-    def max_difference(self, got: np.ndarray) -> float:
-        """Largest absolute difference between ``got`` (a predict result) and the source."""
-        b, t, k = self.index[:, 0], self.index[:, 1], self.index[:, 2]
-        vals = got[b, k] if got.ndim == 2 else got[b, t, k]
-        return float(np.max(np.abs(vals.astype(np.float64) - self.expected))) if len(vals) else 0.0
 
 
 @dataclass
