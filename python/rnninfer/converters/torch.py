@@ -327,7 +327,9 @@ def _build(
     )
     inp, layers, tensors = _stack(embeddings[0] if embeddings else None, recurrents)
     base, _, order = readout.partition("_")
-    head = _build_head(parts, linears, recurrents[-1].output_width, head_act, hidden_act, base)
+    top = recurrents[-1]
+    width = top.output_width // 2 if order in ("sum", "mean") and top.bidirectional else top.output_width
+    head = _build_head(parts, linears, width, head_act, hidden_act, base)
     columns = _order_columns(order, layers[-1], readout)
     return _assemble(inp, layers, tensors, head, base, columns, f"readout={readout!r}")
 
