@@ -5,25 +5,23 @@ converter never reorders gates: it recognises the modules of the standard
 composition Embedding -> LSTM/GRU/RNN stack -> readout -> Linear head(s), and
 renames ``weight_ih_l{k}{_reverse}`` and friends to ``layers.{i}.{fwd|bwd}.*``.
 
-What a PyTorch checkpoint cannot tell (the readout, the activation after the
-head, the order of modules in a file whose keys are sorted) comes from the
-options of :func:`from_torch`, from the shapes (modules are chained by matching
-widths) or from key names; anything inferred is written to
-``producer["notes"]``, and anything still ambiguous raises rather than guesses.
-
-Files are read without executing any code: ``.pt``/``.pth`` only through
-``torch.load(..., weights_only=True)``, ``.safetensors`` through the
-``safetensors`` package's numpy API (torch is not needed for that route).
+Reader: :mod:`.torch_files` (checkpoint files, no code run) and
+:mod:`.torch_parts` (modules and state dicts -> parts). For an ``nn.Module``
+what ``forward`` computes is read by :mod:`.torch_forward`; otherwise what a
+checkpoint cannot tell (the readout, the activation after the head, the order
+of modules in a file whose keys are sorted) comes from the options, from the
+shapes (:mod:`.torch_head`) or from key names. This module maps either onto
+the spec; anything inferred is written to ``producer["notes"]``, and anything
+still ambiguous raises rather than guesses.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +30,7 @@ from ._gates import head_activation_option, hidden_activation_option
 from .base import Converted, Probe, finish
 from .torch_files import read_state_file
 from .torch_forward import ForwardPlan, Refused, trace_forward
+from .torch_head import build_head, check_no_linear_inside_stack, order_chain
 from .torch_parts import (
     NONLINEARITIES,
     ActivationPart,
@@ -52,9 +51,6 @@ __all__ = ["READOUTS", "convert_torch", "convert_torch_probed"]
 READOUTS = tuple(
     base + order for base in ("last", "sequence") for order in ("", "_backward_first", "_sum", "_mean")
 )
-#: Up to this many modules of one kind, every order is tried when widths must decide.
-_MAX_PERMUTE = 8
-T = TypeVar("T")
 
 
 # ---- public API -----------------------------------------------------------------------
@@ -248,62 +244,6 @@ def _read_source(src: object, nonlinearity: str) -> tuple[str, Parts]:
 
 
 # ---- building the spec ----------------------------------------------------------------
-def _order_chain(
-    items: Sequence[T],
-    start: int | None,
-    in_w: Callable[[T], int],
-    out_w: Callable[[T], int],
-    name: Callable[[T], str],
-    what: str,
-    trusted: bool,
-    notes: list[str],
-) -> list[T]:
-    """Order modules so each one's input width is the previous one's output width.
-
-    The source's order wins when it chains; otherwise the one order that does
-    is taken (and noted); none or several raise.
-    """
-
-    def chains(seq: Sequence[T]) -> bool:
-        width = start
-        for it in seq:
-            if width is not None and in_w(it) != width:
-                return False
-            width = out_w(it)
-        return True
-
-    if len(items) <= 1 or chains(items):
-        if 1 < len(items) <= _MAX_PERMUTE and not trusted:
-            alternatives = sum(1 for _ in itertools.islice(_chaining(items, chains), 2))
-            if alternatives > 1:
-                notes.append(
-                    f"order of {what} {', '.join(name(i) for i in items)} taken from their key "
-                    "names (safetensors stores keys sorted by name; widths allow other orders)"
-                )
-        if len(items) == 1 and not chains(items):
-            raise ValueError(
-                f"{what} {name(items[0])!r} reads width {in_w(items[0])} but receives {start}"
-            )
-        return list(items)
-    if len(items) > _MAX_PERMUTE:
-        raise ValueError(f"the {what} {', '.join(name(i) for i in items)} do not chain by width")
-    found = list(itertools.islice(_chaining(items, chains), 2))
-    listing = ", ".join(f"{name(i)} ({in_w(i)} -> {out_w(i)})" for i in items)
-    if not found:
-        raise ValueError(f"the {what} do not form a chain of matching widths: {listing}")
-    if len(found) > 1:
-        raise ValueError(
-            f"cannot tell the order of the {what} from their widths: {listing}; convert the "
-            "nn.Module itself or a state dict saved from it"
-        )
-    notes.append(f"order of {what} inferred from widths: {', '.join(name(i) for i in found[0])}")
-    return list(found[0])
-
-
-def _chaining(items: Sequence[T], chains: Callable[[Sequence[T]], bool]) -> Iterator[tuple[T, ...]]:
-    return (p for p in itertools.permutations(items) if chains(p))
-
-
 def _build(
     parts: Parts, readout: str, head_act: str, hidden_act: str | None
 ) -> tuple[ModelSpec, dict[str, np.ndarray]]:
@@ -319,9 +259,9 @@ def _build(
             "one token stream"
         )
     if parts.trusted_order:
-        _check_no_linear_inside_stack(parts)
+        check_no_linear_inside_stack(parts)
 
-    recurrents = _order_chain(
+    recurrents = order_chain(
         recurrents, None, lambda r: r.input_width, lambda r: r.output_width,
         lambda r: r.name or "<root>", "recurrent modules", parts.trusted_order, parts.notes,
     )
@@ -329,7 +269,7 @@ def _build(
     base, _, order = readout.partition("_")
     top = recurrents[-1]
     width = top.output_width // 2 if order in ("sum", "mean") and top.bidirectional else top.output_width
-    head = _build_head(parts, linears, width, head_act, hidden_act, base)
+    head = build_head(parts, linears, width, head_act, hidden_act, base)
     columns = _order_columns(order, layers[-1], readout)
     return _assemble(inp, layers, tensors, head, base, columns, f"readout={readout!r}")
 
@@ -506,120 +446,3 @@ def _assemble(
         name="torch_model",
     )
     return spec, tensors
-
-
-def _check_no_linear_inside_stack(parts: Parts) -> None:
-    rec_pos = [i for i, p in enumerate(parts.order) if isinstance(p, RecurrentPart)]
-    for i, p in enumerate(parts.order):
-        if isinstance(p, LinearPart) and rec_pos[0] < i < rec_pos[-1]:
-            raise TypeError(
-                f"nn.Linear {p.name!r} (position {i}) sits between recurrent modules; rnninfer "
-                "runs Linear layers only after the recurrent stack"
-            )
-
-
-def _build_head(
-    parts: Parts,
-    linears: list[LinearPart],
-    width: int,
-    head_act: str,
-    hidden_act: str | None,
-    readout: str,
-) -> list[tuple[LinearPart, str]]:
-    """Order the Linear layers and give each its activation."""
-    if not linears:
-        if head_act != "linear":
-            raise ValueError(f"head_activation={head_act!r} given but the model has no nn.Linear head")
-        return []
-    linears = _order_chain(
-        linears, width, lambda lin: lin.in_width, lambda lin: lin.out_width,
-        lambda lin: lin.name, "Linear layers", parts.trusted_order, parts.notes,
-    )
-    acts = _visible_activations(parts, linears, readout)
-    out: list[tuple[LinearPart, str]] = []
-    for j, lin in enumerate(linears):
-        last = j == len(linears) - 1
-        seen = acts.get(id(lin))
-        if last:
-            if seen is not None and seen != "linear" and head_act not in ("linear", seen):
-                raise ValueError(
-                    f"the model applies {seen} after {lin.name!r} but head_activation={head_act!r} "
-                    "was given; drop the option or make them agree"
-                )
-            act = seen if (seen is not None and seen != "linear") else head_act
-            if seen not in (None, "linear") and head_act == "linear":
-                parts.notes.append(f"head activation {seen!r} taken from the module after {lin.name!r}")
-        elif seen is not None:
-            if hidden_act is not None and hidden_act != seen:
-                raise ValueError(
-                    f"the model shows activation {seen!r} after {lin.name!r} but "
-                    f"hidden_activation={hidden_act!r} was given"
-                )
-            act = seen
-        elif hidden_act is not None:
-            act = hidden_act
-        else:
-            loose = (
-                f" (activation modules registered outside nn.Sequential: "
-                f"{', '.join(parts.loose_activations)})"
-                if parts.loose_activations else ""
-            )
-            raise ValueError(
-                f"cannot tell the activation between Linear layers {lin.name!r} and "
-                f"{linears[j + 1].name!r}{loose}; pass hidden_activation=... "
-                "('identity' if there is none)"
-            )
-        if act in ("softmax", "log_softmax") and not last:
-            raise ValueError(f"{act} after {lin.name!r}: only the last head layer may use it")
-        out.append((lin, act))
-    return out
-
-
-def _visible_activations(parts: Parts, linears: list[LinearPart], readout: str) -> dict[int, str]:
-    """Activations a module shows after each Linear inside the same nn.Sequential.
-
-    Inside one Sequential the data flow is the listing order, so what follows a
-    Linear up to the next Linear is exactly what is applied ("linear" when
-    nothing is). Across containers nothing can be told.
-    """
-    out: dict[int, str] = {}
-    order = parts.order
-    index = {id(p): i for i, p in enumerate(order)}
-    for j, lin in enumerate(linears):
-        if lin.container is None:
-            continue
-        nxt = linears[j + 1] if j + 1 < len(linears) else None
-        start = index[id(lin)] + 1
-        stop = index[id(nxt)] if nxt is not None else len(order)
-        if nxt is not None and (nxt.container != lin.container or stop < start):
-            continue
-        between = [
-            p for p in order[start:stop] if isinstance(p, ActivationPart) and p.container == lin.container
-        ]
-        if nxt is None and not between:
-            continue  # the Sequential ends here; forward may still apply head_activation
-        if len(between) > 1:
-            raise ValueError(
-                f"several activations after {lin.name!r} ({', '.join(a.name for a in between)}); "
-                "rnninfer applies one activation per head layer"
-            )
-        if between and between[0].dim is not None:
-            # The head sees (B, width) for "last" and (B, T, width) or (T, B, width) for
-            # "sequence"; only the last axis is the output vector.
-            last_axis = 1 if readout == "last" else 2
-            if between[0].dim not in (-1, last_axis):
-                raise ValueError(
-                    f"{between[0].name!r}: {between[0].act} over dim={between[0].dim} is not over "
-                    f"the output vector with readout={readout!r}; rnninfer normalises the last axis"
-                )
-        out[id(lin)] = between[0].act if between else "linear"
-    for p in order:
-        if isinstance(p, ActivationPart) and not any(
-            index[id(lin)] < index[id(p)] and lin.container == p.container for lin in linears
-        ):
-            raise ValueError(
-                f"activation module {p.name!r} comes before any Linear in its nn.Sequential; "
-                "rnninfer has no activation between the recurrent stack and the head"
-            )
-    return out
-

@@ -22,7 +22,6 @@ with the converted model (files carry no code; only modules are checked).
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,16 +29,26 @@ from typing import Any
 import numpy as np
 
 from .base import Probe
+from .torch_labels import (
+    ARITH,
+    DROPOUT,
+    ELEMENTWISE,
+    IDENTITY,
+    STRUCTURAL,
+    VECTOR,
+    Alloc,
+    Ids,
+    Refused,
+    Val,
+    arg,
+    decode_readout,
+)
 
 __all__ = ["ForwardPlan", "Refused", "trace_forward"]
 
 #: Example input length and batch; two sequences so that batch-mixing views show.
 _T = 6
 _B = 2
-
-
-class Refused(ValueError):
-    """``forward`` computes something rnninfer cannot run (the message names it)."""
 
 
 @dataclass
@@ -59,88 +68,6 @@ class ForwardPlan:
     notes: list[str] = field(default_factory=list)
 
 
-# ---- ids ------------------------------------------------------------------------------
-@dataclass
-class _Alloc:
-    kind: str  # input | emb | seq | hn | cn | head
-    name: str
-    shape: tuple[int, ...]
-    base: int
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-class _Ids:
-    """Disjoint ranges of integer ids (0 means "no input element", e.g. padding)."""
-
-    def __init__(self) -> None:
-        self.allocs: list[_Alloc] = []
-        self.next = 1
-
-    def new(self, kind: str, name: str, shape: tuple[int, ...], **info: Any) -> _Alloc:
-        a = _Alloc(kind, name, shape, self.next, info)
-        self.next += int(np.prod(shape))
-        self.allocs.append(a)
-        return a
-
-    def grid(self, a: _Alloc) -> np.ndarray:
-        return np.arange(a.base, a.base + int(np.prod(a.shape)), dtype=np.int64).reshape(a.shape)
-
-    def decode(self, ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-        """Alloc index (-1 for 0) and multi-index of each id of a 1-D array."""
-        bases = [a.base for a in self.allocs]
-        which = np.full(len(ids), -1, dtype=np.int64)
-        pos: list[tuple[int, ...]] = []
-        for i, v in enumerate(ids.tolist()):
-            if v == 0:
-                pos.append(())
-                continue
-            j = bisect.bisect_right(bases, v) - 1
-            which[i] = j
-            a = self.allocs[j]
-            pos.append(tuple(int(x) for x in np.unravel_index(v - a.base, a.shape)))
-        return which, pos
-
-
-@dataclass
-class _Val:
-    """Labels of a tracked tensor: a sum of ``coef * labels`` terms, or an opaque op."""
-
-    terms: list[tuple[float, Any]]
-    opaque: str | None = None
-
-
-_STRUCTURAL = frozenset({
-    "__getitem__", "view", "reshape", "squeeze", "unsqueeze", "transpose", "permute", "flatten",
-    "contiguous", "select", "narrow", "cat", "concat", "concatenate", "stack", "chunk", "split",
-    "unbind", "t", "clone", "detach", "index_select", "_pack_padded_sequence",
-    "_pad_packed_sequence", "view_as", "reshape_as", "movedim", "swapaxes", "swapdims", "hstack",
-    "flip", "__get__",
-})  # fmt: skip
-_IDENTITY = frozenset({"to", "float", "double", "type", "long", "int", "cpu", "requires_grad_"})
-_DROPOUT = frozenset({"dropout", "dropout1d", "alpha_dropout", "feature_alpha_dropout", "dropout2d"})
-_ELEMENTWISE = {
-    "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "expit": "sigmoid", "tanh": "tanh", "tanh_": "tanh",
-    "relu": "relu", "relu_": "relu", "silu": "swish", "selu": "selu", "softsign": "softsign",
-    "relu6": "relu6", "mish": "mish", "hardswish": "hard_swish", "hardsigmoid": "hard_sigmoid",
-    "gelu": "gelu", "elu": "elu", "leaky_relu": "leaky_relu", "softplus": "softplus",
-}  # fmt: skip
-_VECTOR = {"softmax": "softmax", "log_softmax": "log_softmax"}
-_ARITH = frozenset({
-    "add", "__add__", "__radd__", "sub", "__sub__", "mul", "__mul__", "__rmul__", "div",
-    "__truediv__", "mean", "sum",
-})  # fmt: skip
-_ARITH = frozenset({
-    "add", "__add__", "__radd__", "sub", "__sub__", "mul", "__mul__", "__rmul__", "div",
-    "__truediv__", "mean", "sum",
-})  # fmt: skip
-
-
-def _arg(args: Sequence[Any], kwargs: dict[str, Any], i: int, name: str, default: Any) -> Any:
-    if len(args) > i:
-        return args[i]
-    return kwargs.get(name, default)
-
-
 class _Tracer:
     def __init__(self, module: Any, parts_names: dict[int, str]) -> None:
         import torch
@@ -148,34 +75,34 @@ class _Tracer:
         self.torch = torch
         self.module = module
         self.names = parts_names  # id(submodule) -> its dotted name
-        self.ids = _Ids()
-        self.vals: dict[int, _Val] = {}
+        self.ids = Ids()
+        self.vals: dict[int, Val] = {}
         self.keep: list[Any] = []
         self.suspended = 0
         self.embedding: str | None = None
-        self.emb_alloc: _Alloc | None = None
-        self.input_alloc: _Alloc | None = None
-        self.recurrents: list[tuple[str, Any, _Alloc, _Alloc]] = []  # name, module, seq, hn
-        self.stream: _Alloc | None = None  # what the next recurrent module must read
+        self.emb_alloc: Alloc | None = None
+        self.input_alloc: Alloc | None = None
+        self.recurrents: list[tuple[str, Any, Alloc, Alloc]] = []  # name, module, seq, hn
+        self.stream: Alloc | None = None  # what the next recurrent module must read
         self.head: list[list[Any]] = []  # [name, out alloc, activation, act alloc]
-        self.first_head_val: _Val | None = None
+        self.first_head_val: Val | None = None
         self.lengths: np.ndarray | None = None
         self.readout = "last"
         self.columns: np.ndarray | None = None
         self._rows: list[tuple[int, int]] = []
 
     # -- bookkeeping ---------------------------------------------------------------
-    def track(self, t: Any, v: _Val) -> None:
+    def track(self, t: Any, v: Val) -> None:
         self.vals[id(t)] = v
         self.keep.append(t)
 
-    def val(self, t: Any) -> _Val | None:
+    def val(self, t: Any) -> Val | None:
         return self.vals.get(id(t)) if isinstance(t, self.torch.Tensor) else None
 
     def labels(self, a: np.ndarray) -> Any:
         return self.torch.from_numpy(a.astype(np.float64))
 
-    def single(self, v: _Val, where: str) -> np.ndarray:
+    def single(self, v: Val, where: str) -> np.ndarray:
         if v.opaque is not None:
             raise Refused(f"forward applies {v.opaque} before {where}; rnninfer cannot run that operation")
         if len(v.terms) != 1 or v.terms[0][0] != 1.0:
@@ -195,31 +122,31 @@ class _Tracer:
         opaque = next((v.opaque for _, v in tracked if v is not None and v.opaque), None)
         if opaque is not None:
             for o in out_t:
-                self.track(o, _Val([], opaque))
+                self.track(o, Val([], opaque))
             return
-        if name in _IDENTITY or (name in _DROPOUT and not _arg(args, kwargs, 2, "training", True)):
+        if name in IDENTITY or (name in DROPOUT and not arg(args, kwargs, 2, "training", True)):
             if len(tracked) == 1 and len(out_t) == 1:
                 self.track(out_t[0], tracked[0][1])  # type: ignore[arg-type]
             return
-        if name in _DROPOUT:
+        if name in DROPOUT:
             raise Refused(
                 f"forward calls {name} with training=True although the module is in eval mode "
                 "(F.dropout defaults to training=True: pass training=self.training)"
             )
-        if name in _ELEMENTWISE or name in _VECTOR:
+        if name in ELEMENTWISE or name in VECTOR:
             self.activation(name, args, kwargs, out_t)
             return
-        if name in _STRUCTURAL:
+        if name in STRUCTURAL:
             self.replay(func, args, kwargs, flat, tracked, out_t)
             return
-        if name in _ARITH and self.arith(name, args, kwargs, out_t):
+        if name in ARITH and self.arith(name, args, kwargs, out_t):
             return
         for o in out_t:
-            self.track(o, _Val([], f"{name}()"))
+            self.track(o, Val([], f"{name}()"))
 
     def replay(
         self, func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
-        flat: list[Any], tracked: list[tuple[int, _Val | None]], out_t: list[Any],
+        flat: list[Any], tracked: list[tuple[int, Val | None]], out_t: list[Any],
     ) -> None:
         torch = self.torch
         untracked = [x for x in flat if isinstance(x, torch.Tensor) and self.val(x) is None]
@@ -249,7 +176,7 @@ class _Tracer:
                     results[n].append((coef, lr))
         for o, terms in zip(out_t, results):
             if terms:
-                self.track(o, _Val(terms))
+                self.track(o, Val(terms))
 
     def arith(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], out_t: list[Any]) -> bool:
         torch = self.torch
@@ -258,8 +185,8 @@ class _Tracer:
         if name in ("mean", "sum"):
             x = args[0]
             v = self.val(x)
-            dim = _arg(args, kwargs, 1, "dim", None)
-            keep = bool(_arg(args, kwargs, 2, "keepdim", False))
+            dim = arg(args, kwargs, 1, "dim", None)
+            keep = bool(arg(args, kwargs, 2, "keepdim", False))
             if v is None or not isinstance(dim, int):
                 return False
             n = int(x.shape[dim])
@@ -269,7 +196,7 @@ class _Tracer:
                 for j in range(n):
                     part = lab.narrow(dim, j, 1)
                     terms.append((coef * c, part if keep else part.squeeze(dim)))
-            self.track(out_t[0], _Val(terms))
+            self.track(out_t[0], Val(terms))
             return True
         a, b = args[0], args[1] if len(args) > 1 else kwargs.get("other")
         va, vb = self.val(a), self.val(b)
@@ -281,7 +208,7 @@ class _Tracer:
                 if va is None:
                     return False
                 s = 1.0 / s
-            self.track(out_t[0], _Val([(c * float(s), lab) for c, lab in v.terms]))
+            self.track(out_t[0], Val([(c * float(s), lab) for c, lab in v.terms]))
             return True
         if va is None or vb is None:
             return False
@@ -289,12 +216,12 @@ class _Tracer:
             return False
         sign = -1.0 if name in ("sub", "__sub__") else 1.0
         alpha = float(kwargs.get("alpha", 1.0))
-        self.track(out_t[0], _Val(va.terms + [(sign * alpha * c, lab) for c, lab in vb.terms]))
+        self.track(out_t[0], Val(va.terms + [(sign * alpha * c, lab) for c, lab in vb.terms]))
         del torch
         return True
 
     def activation(self, name: str, args: Sequence[Any], kwargs: dict[str, Any], out_t: list[Any]) -> None:
-        act = _ELEMENTWISE.get(name) or _VECTOR[name]
+        act = ELEMENTWISE.get(name) or VECTOR[name]
         x = args[0]
         v = self.vals[id(x)]
         if not self.head:
@@ -317,26 +244,26 @@ class _Tracer:
         new = self.ids.new("head", alloc.name, alloc.shape, **alloc.info)
         self.head[j][2], self.head[j][3] = act, new
         relabelled = self.labels(ids - alloc.base + new.base)
-        self.track(out_t[0], _Val([(1.0, relabelled)]))
+        self.track(out_t[0], Val([(1.0, relabelled)]))
 
     def check_activation_args(
-        self, name: str, args: Sequence[Any], kwargs: dict[str, Any], ids: np.ndarray, alloc: _Alloc
+        self, name: str, args: Sequence[Any], kwargs: dict[str, Any], ids: np.ndarray, alloc: Alloc
     ) -> None:
         def bad(what: str) -> Refused:
             return Refused(f"forward applies {name} with {what}; rnninfer's {name} has no such option")
 
         if name == "gelu" and kwargs.get("approximate", "none") != "none":
             raise bad(f"approximate={kwargs.get('approximate')!r}")
-        if name == "elu" and float(_arg(args, kwargs, 1, "alpha", 1.0)) != 1.0:
-            raise bad(f"alpha={_arg(args, kwargs, 1, 'alpha', 1.0)}")
+        if name == "elu" and float(arg(args, kwargs, 1, "alpha", 1.0)) != 1.0:
+            raise bad(f"alpha={arg(args, kwargs, 1, 'alpha', 1.0)}")
         if name == "leaky_relu":
-            slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+            slope = float(arg(args, kwargs, 1, "negative_slope", 0.01))
             if slope not in (0.2, float(np.float32(0.2))):
                 raise bad(f"negative_slope={slope} (rnninfer's leaky_relu has slope 0.2)")
-        if name == "softplus" and float(_arg(args, kwargs, 1, "beta", 1.0)) != 1.0:
-            raise bad(f"beta={_arg(args, kwargs, 1, 'beta', 1.0)}")
-        if name in _VECTOR:
-            dim = _arg(args, kwargs, 1, "dim", None)
+        if name == "softplus" and float(arg(args, kwargs, 1, "beta", 1.0)) != 1.0:
+            raise bad(f"beta={arg(args, kwargs, 1, 'beta', 1.0)}")
+        if name in VECTOR:
+            dim = arg(args, kwargs, 1, "dim", None)
             if dim is None:
                 raise Refused(f"forward calls {name} without dim; pass dim=-1")
             rows = np.moveaxis(ids, int(dim), -1).reshape(-1, ids.shape[int(dim)])
@@ -399,7 +326,7 @@ class _Tracer:
         lab = np.stack([grid[b, t] for b, t in pos]).reshape(*ids.shape, E)
         self.embedding = name
         self.stream = self.emb_alloc
-        self.track(out, _Val([(1.0, self.labels(lab))]))
+        self.track(out, Val([(1.0, self.labels(lab))]))
 
     def _check_rnn_input(self, mod: Any, name: str, args: tuple[Any, ...]) -> None:
         torch = self.torch
@@ -470,16 +397,16 @@ class _Tracer:
                            directions=2 if mod.bidirectional else 1)
         grid = self.ids.grid(seq)
         lab = np.stack([grid[b, t] if b >= 0 else np.zeros(width, np.int64) for b, t in self._rows])
-        self.track(data, _Val([(1.0, self.labels(lab.reshape(data.shape)))]))
+        self.track(data, Val([(1.0, self.labels(lab.reshape(data.shape)))]))
         if packed:
-            self.track(y, _Val([(1.0, self.labels(lab.reshape(data.shape)))]))
+            self.track(y, Val([(1.0, self.labels(lab.reshape(data.shape)))]))
         h_n = state[0] if isinstance(state, tuple) else state
         hn = self.ids.new("hn", name, tuple(int(s) for s in h_n.shape), layers=int(mod.num_layers),
                           directions=2 if mod.bidirectional else 1)
-        self.track(h_n, _Val([(1.0, self.labels(self.ids.grid(hn)))]))
+        self.track(h_n, Val([(1.0, self.labels(self.ids.grid(hn)))]))
         if isinstance(state, tuple):
             cn = self.ids.new("cn", name, tuple(int(s) for s in state[1].shape))
-            self.track(state[1], _Val([(1.0, self.labels(self.ids.grid(cn)))]))
+            self.track(state[1], Val([(1.0, self.labels(self.ids.grid(cn)))]))
         self.recurrents.append((name, mod, seq, hn))
         self.stream = seq
 
@@ -493,7 +420,9 @@ class _Tracer:
             raise Refused(f"forward applies {v.opaque} before {name!r}; rnninfer cannot run that operation")
         if not self.head:
             self.first_head_val = v
-            rows = self.head_rows(v, f"Linear {name!r}")
+            self.readout, self.columns, rows = decode_readout(
+                self.ids, self.recurrents[-1], v, f"Linear {name!r}"
+            )
         else:
             prev = self.head[-1]
             src = prev[3] or prev[1]
@@ -511,109 +440,7 @@ class _Tracer:
         if lab is None:
             raise Refused(f"cannot follow the rows of {name!r}")
         self.head.append([name, alloc, "linear", None])
-        self.track(out, _Val([(1.0, self.labels(lab))]))
-
-    # -- readout -------------------------------------------------------------------
-    def head_rows(self, v: _Val, where: str) -> list[tuple[int, int] | None]:
-        """Decode what a value computed from the top recurrent layer holds, per row.
-
-        Sets ``self.readout`` and ``self.columns``; returns each row's (b, t).
-        """
-        name, _mod, seq, hn = self.recurrents[-1]
-        D = int(seq.info["directions"])
-        W = seq.shape[2] // D
-        lengths = seq.info["lengths"]
-        shape = tuple(v.terms[0][1].shape) if v.terms else ()
-        K = shape[-1] if shape else 0
-        n_rows = int(np.prod(shape[:-1])) if shape else 0
-        # per row: {(b, t)} seen and an M row accumulator
-        kinds: set[str] = set()
-        row_bt: list[set[tuple[int, int]]] = [set() for _ in range(n_rows)]
-        mats = np.zeros((n_rows, K, D * W))
-        seq_i, hn_i = self.ids.allocs.index(seq), self.ids.allocs.index(hn)
-        for coef, lab in v.terms:
-            ids = np.asarray(lab.numpy()).astype(np.int64).reshape(n_rows, K)
-            which, pos = self.ids.decode(ids.reshape(-1))
-            for e, (w, p) in enumerate(zip(which.tolist(), pos)):
-                r, k = divmod(e, K)
-                if w == -1:
-                    continue
-                if w == seq_i:
-                    b, t, c = p
-                    d, j = divmod(c, W)
-                    if (d == 0 and t == lengths[b] - 1) or (d == 1 and t == 0):
-                        kinds.add("final-from-seq")
-                    else:
-                        kinds.add("step")
-                    row_bt[r].add((b, t))
-                elif w == hn_i:
-                    ld, b, j = p
-                    layer, d = divmod(ld, D)
-                    if layer != int(hn.info["layers"]) - 1:
-                        raise Refused(
-                            f"{where} reads h_n of layer {layer} of {name!r}; rnninfer reads the "
-                            f"top layer ({int(hn.info['layers']) - 1}) only"
-                        )
-                    t = int(lengths[b]) - 1 if d == 0 else 0
-                    kinds.add("final")
-                    row_bt[r].add((b, -1))
-                    c = d * W + j
-                else:
-                    a = self.ids.allocs[w]
-                    what = {"cn": "the cell state c_n", "emb": "the embedding output",
-                            "input": "the model input"}.get(a.kind, f"the output of {a.name!r}")
-                    raise Refused(f"{where} reads {what} of {a.name!r}; rnninfer's head reads the top "
-                                  f"recurrent layer ({name!r}) only")
-                mats[r, k, c] += coef
-        if kinds <= {"final", "final-from-seq"}:
-            readout = "last"
-            rows: list[tuple[int, int] | None] = []
-            for r in range(n_rows):
-                bs = {b for b, _ in row_bt[r]}
-                if len(bs) != 1:
-                    raise Refused(f"{where} mixes the batch rows of {name!r}'s final states")
-                rows.append((bs.pop(), -1))
-        else:
-            readout = "sequence"
-            rows = []
-            for r in range(n_rows):
-                if not row_bt[r]:
-                    rows.append(None)  # padding
-                    continue
-                if len(row_bt[r]) != 1:
-                    if D == 2 and "final-from-seq" in kinds:
-                        raise Refused(
-                            f"{where} reads a bidirectional output at one step for both directions "
-                            f"(output[:, -1] of {name!r}): the backward direction has seen only the "
-                            "last step there. rnninfer reads the backward direction's final state "
-                            "(h_n, or output[:, 0, H:]); use that"
-                        )
-                    raise Refused(f"{where} combines outputs of {name!r} at different steps")
-                rows.append(next(iter(row_bt[r])))
-            covered = {bt for bt in rows if bt is not None}
-            want = {(b, t) for b in range(len(lengths)) for t in range(int(lengths[b]))}
-            if covered != want and D == 2 and all(t == lengths[b] - 1 for b, t in covered):
-                raise Refused(
-                    f"{where} reads a bidirectional output at the last step for both directions "
-                    f"(output[:, -1] of {name!r}): the backward direction has seen only the last "
-                    "step there. rnninfer reads the backward direction's final state (h_n, or "
-                    "output[:, 0, H:]); use that"
-                )
-            if covered != want:
-                raise Refused(
-                    f"{where} reads {name!r}'s output at some steps only (e.g. output[:, -1] or "
-                    "output[:, 0]); rnninfer reads the final states (h_n) or every step"
-                )
-        used = [r for r in range(n_rows) if rows[r] is not None]
-        if not used:
-            raise Refused(f"{where} reads no recurrent output")
-        m = mats[used[0]]
-        if any(not np.array_equal(mats[r], m) for r in used):
-            raise Refused(f"{where} reads the recurrent outputs differently for different rows")
-        self.readout = readout
-        self.columns = None if (m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0]))) else m
-        return rows
-
+        self.track(out, Val([(1.0, self.labels(lab))]))
 
 def _example(module: Any, spec_vocab: int, features: int, batch_first: bool, seed: int) -> Any:
     import torch
@@ -681,7 +508,7 @@ def trace_forward(
     tracer.input_alloc = tracer.ids.new("input", "input", shape)
     grid = tracer.ids.grid(tracer.input_alloc)
     lab = grid if layout_bf else np.swapaxes(grid, 0, 1)
-    tracer.track(x, _Val([(1.0, tracer.labels(lab))]))
+    tracer.track(x, Val([(1.0, tracer.labels(lab))]))
     if not vocab:
         tracer.stream = tracer.input_alloc
 
@@ -733,7 +560,9 @@ def trace_forward(
         r, k = np.divmod(flat - alloc.base, alloc.shape[-1])
         rows = [alloc.info["rows"][int(i)] for i in r]
     else:
-        rows_rk = tracer.head_rows(v, "the output")
+        tracer.readout, tracer.columns, rows_rk = decode_readout(
+            tracer.ids, tracer.recurrents[-1], v, "the output"
+        )
         K = int(v.terms[0][1].shape[-1])
         n = int(np.prod(v.terms[0][1].shape))
         r, k = np.divmod(np.arange(n), K)
