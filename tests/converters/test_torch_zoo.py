@@ -225,6 +225,22 @@ class BiGRUSequenceNoHead(nn.Module):
         return self.gru(self.emb(x))[0]
 
 
+class TutorialTagger(nn.Module):
+    """PyTorch's sequence-models tutorial: one unbatched sentence, views inside forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(V, E)
+        self.lstm = nn.LSTM(E, H)
+        self.hidden2tag = nn.Linear(H, 5)
+
+    def forward(self, sentence: torch.Tensor) -> torch.Tensor:
+        embeds = self.word_embeddings(sentence)
+        lstm_out, _ = self.lstm(embeds.view(len(sentence), 1, -1))
+        tag_space = self.hidden2tag(lstm_out.view(len(sentence), -1))
+        return F.log_softmax(tag_space, dim=1)
+
+
 @dataclass(frozen=True)
 class Zoo:
     make: Callable[[], nn.Module]
@@ -233,6 +249,8 @@ class Zoo:
     seq_first: bool = False
     lengths_arg: bool = False
     features: int = 0
+    #: forward takes one unbatched sequence.
+    single: bool = False
 
 
 ZOO = {
@@ -250,6 +268,8 @@ ZOO = {
     "bi-tagger": Zoo(BiTagger, {"readout": "sequence", "head_activation": "log_softmax"}),
     "bi-first-last-outputs": Zoo(BiFirstLastOutputs, {"head_activation": "identity"}),
     "bigru-sequence-no-head": Zoo(BiGRUSequenceNoHead, {"readout": "sequence"}),
+    "tutorial-tagger-unbatched": Zoo(TutorialTagger, {"readout": "sequence", "head_activation": "log_softmax"},
+                                     single=True),
 }
 
 
@@ -272,7 +292,8 @@ def _sequences(z: Zoo) -> list[np.ndarray]:
 
 def _source_output(net: nn.Module, z: Zoo, seq: np.ndarray) -> np.ndarray:
     """The module's own answer for one sequence alone."""
-    x = torch.from_numpy(seq)[:, None] if z.seq_first else torch.from_numpy(seq)[None]
+    x = torch.from_numpy(seq)
+    x = x if z.single else x[:, None] if z.seq_first else x[None]
     with torch.no_grad():
         out = net(x, torch.tensor([len(seq)])) if z.lengths_arg else net(x)
     if isinstance(out, tuple):

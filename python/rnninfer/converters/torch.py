@@ -29,8 +29,9 @@ from ..format.manifest import DenseSpec, InputSpec, ModelSpec, RecurrentSpec
 from ._gates import head_activation_option, hidden_activation_option
 from .base import Converted, Probe, finish
 from .torch_files import read_state_file
-from .torch_forward import ForwardPlan, Refused, trace_forward
+from .torch_forward import LAYOUTS, ForwardPlan, Refused, trace_forward
 from .torch_head import build_head, check_no_linear_inside_stack, order_chain
+from .torch_labels import LayoutRefused
 from .torch_parts import (
     NONLINEARITIES,
     ActivationPart,
@@ -172,39 +173,45 @@ def _trace(module: Any, parts: Parts, example_inputs: Sequence[Any] | None) -> F
     )
     vocab = int(embs[0].weight.shape[0]) if len(embs) == 1 else 0
     features = recs[0].input_width
-    batch_first = bool(getattr(first, "batch_first", True))
-    def run(bf: bool) -> ForwardPlan:
+    natural = "batch_first" if getattr(first, "batch_first", True) else "seq_first"
+    # forward may reshape its input itself (transpose it, or take one unbatched
+    # sequence as the PyTorch tagger tutorial does); the other layouts are tried in turn.
+    layouts = [natural, *(x for x in LAYOUTS if x != natural)]
+
+    def run(layout: str) -> ForwardPlan:
         return trace_forward(
-            module, names, vocab=vocab, features=features, batch_first=bf,
+            module, names, vocab=vocab, features=features, layout=layout,
             example_inputs=example_inputs,
         )
 
-    try:
-        return run(batch_first)
-    except Refused as e:
-        if example_inputs is not None or "layout" not in str(e):
-            raise
-        # forward may transpose its input itself; the other layout is the only other reading.
+    if example_inputs is not None:
         try:
-            return run(not batch_first)
+            return run(natural)
         except Refused:
-            raise e from None
-    except Exception as e:
-        if example_inputs is not None:
+            raise
+        except Exception as e:
             raise ValueError(f"forward failed on example_inputs: {type(e).__name__}: {e}") from e
+    first_error: Exception | None = None
+    for layout in layouts:
         try:
-            return run(not batch_first)
-        except Exception:  # noqa: BLE001 - the first failure is the one to report
-            failure = e
-        warnings.warn(
-            f"could not run forward of {type(module).__name__} on an example input "
-            f"({type(failure).__name__}: {failure}); converting from the module structure alone, without "
-            "reading forward or checking the result against the module. If forward takes more "
-            "than the input tensor, pass example_inputs=(...)",
-            UserWarning,
-            stacklevel=4,
-        )
-        return None
+            return run(layout)
+        except LayoutRefused as e:
+            first_error = first_error or e
+        except Refused:
+            raise
+        except Exception as e:  # noqa: BLE001 - the module's own failure; another layout may work
+            first_error = first_error or e
+    if isinstance(first_error, LayoutRefused):
+        raise first_error
+    warnings.warn(
+        f"could not run forward of {type(module).__name__} on an example input "
+        f"({type(first_error).__name__}: {first_error}); converting from the module structure "
+        "alone, without reading forward or checking the result against the module. If forward "
+        "takes more than the input tensor, pass example_inputs=(...)",
+        UserWarning,
+        stacklevel=4,
+    )
+    return None
 
 
 # ---- options --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from .torch_labels import (
     VECTOR,
     Alloc,
     Ids,
+    LayoutRefused,
     Refused,
     Val,
     arg,
@@ -318,7 +319,7 @@ class _Tracer:
         assert self.input_alloc is not None
         which, pos = self.ids.decode(ids.reshape(-1))
         if np.any(which != self.ids.allocs.index(self.input_alloc)):
-            raise Refused(f"embedding {name!r} does not read the token input as given")
+            raise LayoutRefused(f"embedding {name!r} does not read the token input as given")
         B, T = self.input_alloc.shape[:2]
         E = int(out.shape[-1])
         self.emb_alloc = self.ids.new("emb", name, (B, T, E))
@@ -359,7 +360,7 @@ class _Tracer:
                 bt.append((-1, -1))
                 continue
             if w != k or not np.array_equal(rows[r], grid[p[0], p[1]]):
-                raise Refused(
+                raise LayoutRefused(
                     f"{where} does not read the previous layer's output ({stream.name!r}) "
                     "unchanged, step by step"
                 )
@@ -371,7 +372,7 @@ class _Tracer:
                 (b, t) for t in range(T) for b in range(B)
             ]
             if tuple(ids.shape[:2]) != shape or bt != expect:
-                raise Refused(
+                raise LayoutRefused(
                     f"{where} reads its input in a layout other than batch_first={mod.batch_first} "
                     "(sequence steps and batch rows are mixed)"
                 )
@@ -442,15 +443,21 @@ class _Tracer:
         self.head.append([name, alloc, "linear", None])
         self.track(out, Val([(1.0, self.labels(lab))]))
 
-def _example(module: Any, spec_vocab: int, features: int, batch_first: bool, seed: int) -> Any:
+#: How the example input is laid out: (B, T[, F]), (T, B[, F]) or one unbatched sequence (T[, F]).
+LAYOUTS = ("batch_first", "seq_first", "single")
+
+
+def _example(vocab: int, features: int, layout: str) -> Any:
     import torch
 
-    g = torch.Generator().manual_seed(seed)
-    if spec_vocab:
-        x = torch.randint(0, spec_vocab, (_B, _T), generator=g)
+    g = torch.Generator().manual_seed(0)
+    if vocab:
+        x = torch.randint(0, vocab, (_B, _T), generator=g)
     else:
         x = torch.randn(_B, _T, features, generator=g)
-    return x if batch_first else x.transpose(0, 1).contiguous()
+    if layout == "single":
+        return x[0].contiguous()
+    return x if layout == "batch_first" else x.transpose(0, 1).contiguous()
 
 
 def trace_forward(
@@ -459,7 +466,7 @@ def trace_forward(
     *,
     vocab: int,
     features: int,
-    batch_first: bool,
+    layout: str,
     example_inputs: Sequence[Any] | None = None,
 ) -> ForwardPlan:
     """Run ``module`` once on an example input and read what ``forward`` computes.
@@ -469,7 +476,8 @@ def trace_forward(
         names: ``id(submodule) -> dotted name`` for every submodule.
         vocab: embedding rows (0 for a feature model).
         features: input width of a feature model.
-        batch_first: the first recurrent module's layout, for the default input.
+        layout: one of :data:`LAYOUTS`: how the input tensor is laid out (a
+            given example's own rank decides between one sequence and a batch).
         example_inputs: positional arguments for ``forward``; the first integer
             (token models) or floating (feature models) tensor is the input
             that is followed.
@@ -483,31 +491,32 @@ def trace_forward(
 
     tracer = _Tracer(module, names)
     if example_inputs is None:
-        args: tuple[Any, ...] = (_example(module, vocab, features, batch_first, 0),)
+        args: tuple[Any, ...] = (_example(vocab, features, layout),)
         x_i = 0
     else:
         args = tuple(example_inputs)
         want_int = bool(vocab)
         cands = [
             i for i, a in enumerate(args)
-            if isinstance(a, torch.Tensor) and (a.dtype.is_floating_point != want_int) and a.dim() >= 2
+            if isinstance(a, torch.Tensor) and (a.dtype.is_floating_point != want_int) and a.dim() >= 1
         ]
         if not cands:
             raise ValueError(
                 "example_inputs holds no " + ("integer token" if vocab else "floating feature")
-                + " tensor of rank >= 2 for the model input"
+                + " tensor for the model input"
             )
         x_i = cands[0]
+        if args[x_i].dim() == (1 if vocab else 2):
+            layout = "single"
     x = args[x_i]
-    layout_bf = batch_first
-    if example_inputs is not None:
-        layout_bf = batch_first  # the user's tensor is in the module's own layout
-    xb = x if layout_bf else x.transpose(0, 1)
+    xb = x[None] if layout == "single" else x if layout == "batch_first" else x.transpose(0, 1)
+    if xb.dim() != (2 if vocab else 3):
+        raise ValueError(f"the model input has shape {tuple(x.shape)}; expected token ids or features")
     B, T = int(xb.shape[0]), int(xb.shape[1])
     shape = (B, T) if vocab else (B, T, int(xb.shape[2]))
     tracer.input_alloc = tracer.ids.new("input", "input", shape)
     grid = tracer.ids.grid(tracer.input_alloc)
-    lab = grid if layout_bf else np.swapaxes(grid, 0, 1)
+    lab = grid[0] if layout == "single" else grid if layout == "batch_first" else np.swapaxes(grid, 0, 1)
     tracer.track(x, Val([(1.0, tracer.labels(lab))]))
     if not vocab:
         tracer.stream = tracer.input_alloc

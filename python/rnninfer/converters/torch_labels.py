@@ -16,11 +16,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Alloc", "Ids", "Refused", "Val", "arg", "decode_readout"]
+__all__ = ["Alloc", "Ids", "LayoutRefused", "Refused", "Val", "arg", "decode_readout"]
 
 
 class Refused(ValueError):
     """``forward`` computes something rnninfer cannot run (the message names it)."""
+
+
+class LayoutRefused(Refused):
+    """A layer reads its input rearranged; with another example layout it may not."""
 
 
 # ---- ids ------------------------------------------------------------------------------
