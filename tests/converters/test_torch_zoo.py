@@ -580,3 +580,36 @@ def test_summary_counts_params_as_torch_does() -> None:
     lstm1 = sum(p.numel() for p in net.lstm1.parameters())
     assert f" {lstm1} " in text
     assert f"total params: {sum(p.numel() for p in net.parameters())} (counted as torch counts them)" in text
+
+
+class SwappedClasses(_Base):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(self.emb(x))
+        return self.fc(h[-1])[:, [1, 0]]
+
+
+class FlippedSteps(_Base):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.emb(x))
+        return self.fc(out).flip(1)
+
+
+class FirstClassOnly(_Base):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(self.emb(x))
+        return self.fc(h[-1])[:, 0]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (SwappedClasses, "reorders or selects the elements of the output vector"),
+        (FlippedSteps, "reorders the steps of the output"),
+        (FirstClassOnly, "not the output of its last head layer"),
+    ],
+    ids=["swapped-classes", "flipped-steps", "first-class-only"],
+)
+def test_output_rearrangements_are_refused(make: Callable[[], nn.Module], message: str) -> None:
+    """Same numbers in other places would pass a value comparison: they are refused instead."""
+    with pytest.raises(ValueError, match=message):
+        rnninfer.from_torch(make().eval())

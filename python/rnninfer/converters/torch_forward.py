@@ -443,6 +443,28 @@ class _Tracer:
         self.head.append([name, alloc, "linear", None])
         self.track(out, Val([(1.0, self.labels(lab))]))
 
+def _check_output_order(rows: list[tuple[int, int] | None], k: np.ndarray) -> None:
+    """Refuse an output whose columns or steps come in another order than rnninfer returns them.
+
+    Reshapes are fine (the values keep their order); a permutation of the
+    output vector or of the time steps would give the same numbers in other
+    places, which the comparison with the module could not see.
+    """
+    width = int(k.max()) + 1 if len(k) else 0
+    if width == 0 or len(k) % width or not np.array_equal(
+        k.reshape(-1, width), np.broadcast_to(np.arange(width), (len(k) // width, width))
+    ):
+        raise Refused("forward reorders or selects the elements of the output vector")
+    last: dict[int, int] = {}
+    for row in rows[::width]:
+        if row is None:
+            continue
+        b, t = row
+        if t <= last.get(b, -2) and t >= 0:
+            raise Refused("forward reorders the steps of the output (e.g. flips the sequence)")
+        last[b] = t
+
+
 #: How the example input is laid out: (B, T[, F]), (T, B[, F]) or one unbatched sequence (T[, F]).
 LAYOUTS = ("batch_first", "seq_first", "single")
 
@@ -562,8 +584,9 @@ def trace_forward(
         alloc = last[3] or last[1]
         ids = tracer.single(v, "the output")
         flat = ids.reshape(-1)
-        inside = (flat >= alloc.base) & (flat < alloc.base + int(np.prod(alloc.shape)))
-        if not np.all(inside) or len(np.unique(flat)) != len(flat):
+        size = int(np.prod(alloc.shape))
+        inside = (flat >= alloc.base) & (flat < alloc.base + size)
+        if not np.all(inside) or len(np.unique(flat)) != len(flat) or len(flat) != size:
             raise Refused(f"forward's output is not the output of its last head layer {last[0]!r} "
                           "(reshaped at most)")
         r, k = np.divmod(flat - alloc.base, alloc.shape[-1])
@@ -576,6 +599,7 @@ def trace_forward(
         n = int(np.prod(v.terms[0][1].shape))
         r, k = np.divmod(np.arange(n), K)
         rows = [rows_rk[int(i)] for i in r]
+    _check_output_order(rows, k)
     keep = [i for i, row in enumerate(rows) if row is not None]
     index = np.array(
         [(row[0], row[1], int(k[i])) for i in keep if (row := rows[i]) is not None], dtype=np.int64
