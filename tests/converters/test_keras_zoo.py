@@ -50,7 +50,37 @@ def tagger() -> Any:
     ])
 
 
-ZOO: dict[str, Callable[[], Any]] = {"sentiment": sentiment, "bidirectional-sum": bidirectional_sum, "tagger": tagger}
+def imdb_bidirectional() -> Any:
+    """keras.io "Bidirectional LSTM on IMDB", scaled down."""
+    i = keras.Input(shape=(None,), dtype="int32")
+    x = L.Embedding(50, 8)(i)
+    x = L.Bidirectional(L.LSTM(6, return_sequences=True))(x)
+    x = L.Bidirectional(L.LSTM(6))(x)
+    return keras.Model(i, L.Dense(1, activation="sigmoid")(x))
+
+
+def char_generation() -> Any:
+    """keras.io "Character-level text generation with LSTM": one-hot characters in, softmax out."""
+    return keras.Sequential([keras.Input((None, 7)), L.LSTM(8), L.Dense(7, activation="softmax")])
+
+
+def pooled_gru() -> Any:
+    i = keras.Input((None,), dtype="int32")
+    x = L.Embedding(50, 8, mask_zero=True)(i)
+    x = L.GRU(6, return_sequences=True, reset_after=False)(x)
+    x = L.GlobalAveragePooling1D()(x)
+    x = L.Dense(5, activation="relu")(x)
+    return keras.Model(i, L.Dense(2, activation="log_softmax")(x))
+
+
+ZOO: dict[str, Callable[[], Any]] = {
+    "sentiment": sentiment,
+    "bidirectional-sum": bidirectional_sum,
+    "tagger": tagger,
+    "imdb-bidirectional": imdb_bidirectional,
+    "char-generation": char_generation,
+    "pooled-gru": pooled_gru,
+}
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -66,7 +96,7 @@ def test_zoo_in_memory_and_file_routes_match_keras(name: str, tmp_path: Path) ->
                 x = rng.integers(1, 50, size=n)
                 want = np.asarray(km(x[None].astype(np.int32), training=False))[0]
             else:
-                x = rng.standard_normal((n, 4)).astype(np.float32)
+                x = rng.standard_normal((n, model.spec.input.features)).astype(np.float32)
                 want = np.asarray(km(x[None], training=False))[0]
             assert np.max(np.abs(model.predict(x) - want)) <= TOL
 
