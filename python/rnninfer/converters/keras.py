@@ -82,9 +82,13 @@ def convert_keras(src: Any) -> Converted:
 def keras_probe(model: Any, spec: ModelSpec) -> Probe | None:
     """The in-memory Keras ``model``'s own output on a small random input.
 
-    ``None`` when the model cannot run on it (e.g. a stateful model built for
-    another batch size): then there is nothing to compare with.
+    ``None`` for a stateful model (the call would change its carried state)
+    or one that cannot run on the input: then there is nothing to compare with.
     """
+    layers = list(getattr(model, "layers", []))
+    layers += [getattr(x, n) for x in layers for n in ("forward_layer", "backward_layer") if hasattr(x, n)]
+    if any(getattr(x, "stateful", False) for x in layers):
+        return None  # calling it would change the state the user's model carries
     rng = np.random.default_rng(0)
     if spec.input.kind == "tokens":
         # Token 0 is left out: with mask_zero it is skipped, which is tested elsewhere.
