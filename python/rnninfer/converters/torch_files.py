@@ -46,15 +46,21 @@ def read_state_file(path: str) -> tuple[Mapping[str, Any], bool]:
     return _load_pt(path), True
 
 
+def _existing(path: str) -> str:
+    """The file's name for messages; a missing file is a ModelFormatError before any import."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise ModelFormatError(f"no such file: {path}", source=name)
+    return name
+
+
 def _load_pt(path: str) -> Mapping[str, Any]:
     """``torch.load`` with ``weights_only=True``; every failure becomes ModelFormatError."""
-    name = os.path.basename(path)
+    name = _existing(path)
     try:
         import torch
     except ImportError as e:
         raise ModelFormatError("reading a .pt/.pth file needs PyTorch installed", source=name) from e
-    if not os.path.isfile(path):
-        raise ModelFormatError(f"no such file: {path}", source=name)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
@@ -149,13 +155,11 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     numpy has no bfloat16, so the safetensors numpy API cannot return those
     tensors; their raw bytes are read from the offsets in the file header.
     """
-    name = os.path.basename(path)
+    name = _existing(path)
     try:
         from safetensors import safe_open
     except ImportError as e:
         raise ModelFormatError("reading .safetensors needs the 'safetensors' package", source=name) from e
-    if not os.path.isfile(path):
-        raise ModelFormatError(f"no such file: {path}", source=name)
     out: dict[str, np.ndarray] = {}
     try:
         with safe_open(path, framework="numpy") as f:
