@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .converters.torch import READOUTS as TORCH_READOUTS
 from .errors import ModelFormatError
+from .format.manifest import ELEMENTWISE_ACTIVATIONS, HEAD_ACTIVATIONS
 from .format.precision import PRECISIONS
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -48,7 +50,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:
         model = from_torch(
             args.src,
-            readout=args.readout or "last",
+            readout=args.readout,
             head_activation=args.head_activation,
             hidden_activation=args.hidden_activation,
             nonlinearity=args.nonlinearity or "tanh",
@@ -122,9 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help=".keras/.h5 (Keras) or .pt/.pth/.safetensors (PyTorch)")
     c.add_argument("-o", "--output", required=True, help="output .npz path")
     c.add_argument("--from", dest="from_", choices=["keras", "torch"], help="source framework (default: by suffix)")
-    c.add_argument("--readout", choices=["last", "sequence"], help="torch: what the head reads")
-    c.add_argument("--head-activation", choices=["sigmoid", "softmax", "tanh", "relu"], help="torch")
-    c.add_argument("--hidden-activation", help="torch: activation between Linear head layers")
+    c.add_argument("--readout", choices=TORCH_READOUTS,
+                   help="torch: what the head reads (default: last); _backward_first/_sum/_mean: how "
+                        "a bidirectional top layer's directions are combined (docs/torch.md)")
+    c.add_argument("--head-activation", choices=("identity", *HEAD_ACTIVATIONS),
+                   help="torch: what forward applies after the last Linear (a checkpoint cannot show it)")
+    c.add_argument("--hidden-activation", choices=("identity", *ELEMENTWISE_ACTIVATIONS),
+                   help="torch: activation between Linear head layers")
     c.add_argument("--nonlinearity", choices=["tanh", "relu"], help="torch: nn.RNN activation for state dicts")
     c.add_argument("--compress", action="store_true", help="deflate the archive")
     c.add_argument("--precision", choices=PRECISIONS, default="fp32",
