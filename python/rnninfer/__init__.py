@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._version import __version__
 from .errors import ModelFormatError
 from .model import Model, build, load
+from .serving.batcher import Batcher, Overloaded
 
 
 def isa() -> str:
@@ -55,8 +56,10 @@ def from_torch(
 
 
 __all__ = [
+    "Batcher",
     "Model",
     "ModelFormatError",
+    "Overloaded",
     "__version__",
     "build",
     "from_keras",
