@@ -21,6 +21,7 @@ plus ``max_delay_ms``, plus its own call.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import threading
 import time
@@ -447,7 +448,7 @@ class Batcher:
         calls = 1
         try:
             runner(batch)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (each caller gets its own error back)
             if len(batch) == 1:
                 batch[0].error = e
                 errors = 1
@@ -458,7 +459,7 @@ class Batcher:
                     calls += 1
                     try:
                         runner([r])
-                    except Exception as e1:
+                    except Exception as e1:  # noqa: BLE001 (delivered to its caller)
                         r.error = e1
                         errors += 1
         elapsed = time.perf_counter() - t0
@@ -476,10 +477,9 @@ class Batcher:
         if r.lock is not None:
             r.lock.release()
         elif r.loop is not None and r.future is not None:
-            try:
+            # A closed loop raises RuntimeError: nobody is waiting for the answer any more.
+            with contextlib.suppress(RuntimeError):
                 r.loop.call_soon_threadsafe(_resolve, r.future, r.result, r.error)
-            except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
-                pass
 
     def _run_predict(self, batch: list[_Request]) -> None:
         model = self._model
@@ -524,7 +524,7 @@ class Batcher:
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
-    def __enter__(self) -> Batcher:
+    def __enter__(self) -> Batcher:  # noqa: PYI034 (Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:
