@@ -275,16 +275,19 @@ class Service:
             if not isinstance(lengths, list) or not all(type(v) is int for v in lengths):
                 raise HTTPError(400, "'lengths' must be a list of integers")
         if self.tokens:
+            for i, s in enumerate(x if batch else [x]):
+                if not all(type(v) is int for v in s):
+                    t, v = next((t, v) for t, v in enumerate(s) if type(v) is not int)
+                    where = f"sequence {i}, step {t}" if batch else f"step {t}"
+                    raise HTTPError(400, f"token ids must be integers, got {json.dumps(v)} at {where}")
             if lengths is not None:
                 if len({len(s) for s in x}) != 1:
                     raise HTTPError(400, "with 'lengths', the sequences must be padded to one width")
-                if not all(type(v) is int for s in x for v in s):
-                    raise HTTPError(400, "token ids must be integers")
                 try:
                     return np.array(x, dtype=np.int64), np.array(lengths, dtype=np.int64)
                 except OverflowError as e:
                     raise HTTPError(400, f"token id out of range: {e}") from None
-            return x, None  # predict checks every id (integers, range) itself
+            return x, None  # predict checks the ids' range itself
         if depth == 1:
             raise HTTPError(400, f"feature inputs are lists of steps, each a list of {self.width} numbers")
         if batch and lengths is None:
