@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-delay-ms", type=float, default=1.0)
     p.add_argument("--T", type=int, default=64, help="sequence length (default 64)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference service")
+    p.add_argument("--in-process-only", action="store_true", help="skip the HTTP part")
     p.add_argument("--out", help="write PREFIX.json, PREFIX.md, PREFIX.png (default: print only)")
     args = p.parse_args(argv)
     if args.client:
@@ -445,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(("PyTorch + FastAPI", [sys.executable, str(HERE / "serve_reference_torch.py"),
                                                   str(path), "--port", "0", "--threads", str(args.threads)]))
         res["http"] = []
+        if args.in_process_only:
+            servers = []
         expected = [model.predict(s) for s in seqs[:8]]
         for name, cmd in servers:
             server = _Server(name, cmd, env)

@@ -215,7 +215,19 @@ class Batcher:
     def _predict_request(self, x: ArrayLike, lengths: ArrayLike | None) -> _Request:
         """Validate ``x`` the way ``model.predict`` does, in the caller's thread."""
         if self._tokens:
-            data, lens, single = _prepare_tokens(x, lengths, self._vocab)
+            if lengths is None and type(x) is list and x and all(type(v) is int for v in x):
+                # One sequence of ids, the most common request: no per-id isinstance checks.
+                try:
+                    data = np.array(x, dtype=np.int64)[None, :]
+                except OverflowError as e:
+                    raise ValueError(f"sequence 0: token id out of range: {e}") from e
+                lens, single = np.array([len(x)], dtype=np.int32), True
+            elif (lengths is None and type(x) is np.ndarray and x.ndim == 1 and x.size
+                    and x.dtype.kind in "iu" and x.dtype != np.uint64):
+                data = x.astype(np.int64)[None, :]  # a copy: the caller may reuse its array
+                lens, single = np.array([x.size], dtype=np.int32), True
+            else:
+                data, lens, single = _prepare_tokens(x, lengths, self._vocab)
             # The engine range-checks ids as it reads them; in a merged call a bad id would
             # fail everybody, so each request is checked on its own first.
             T = data.shape[1]

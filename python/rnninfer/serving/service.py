@@ -287,7 +287,13 @@ class Service:
                     return np.array(x, dtype=np.int64), np.array(lengths, dtype=np.int64)
                 except OverflowError as e:
                     raise HTTPError(400, f"token id out of range: {e}") from None
-            return x, None  # predict checks the ids' range itself
+            # Every id is an int (checked above): straight to int64 arrays, ranges checked by predict.
+            try:
+                if batch:
+                    return [np.array(s, dtype=np.int64) for s in x], None
+                return np.array(x, dtype=np.int64), None
+            except OverflowError as e:
+                raise HTTPError(400, f"token id out of range: {e}") from None
         if depth == 1:
             raise HTTPError(400, f"feature inputs are lists of steps, each a list of {self.width} numbers")
         if batch and lengths is None:
