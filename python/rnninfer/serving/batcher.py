@@ -167,6 +167,7 @@ class Batcher:
         self._sleeping = False  # the dispatcher waits on _cv ...
         self._want = 1  # ... until this many sequences are queued
 
+        self._running = 0  # sequences in the engine call under way
         self._n_requests = 0
         self._n_calls = 0
         self._n_rejected = 0
@@ -455,6 +456,7 @@ class Batcher:
 
     def _run(self, batch: list[_Request], n: int) -> None:
         t0 = time.perf_counter()
+        self._running = n
         runner = self._run_predict if batch[0].kind == "predict" else self._run_feed
         errors = 0
         calls = 1
@@ -475,6 +477,7 @@ class Batcher:
                         r.error = e1
                         errors += 1
         elapsed = time.perf_counter() - t0
+        self._running = 0
         with self._cv:
             self._n_calls += calls
             self._n_fallbacks += calls > 1
@@ -550,7 +553,8 @@ class Batcher:
             (:class:`Overloaded`), ``timeouts`` (dropped before starting),
             ``errors`` (requests answered with an error by the engine),
             ``fallbacks`` (merged calls that failed and were re-run one request
-            at a time), ``queue_depth``, ``batch_sizes`` (sequences per
+            at a time), ``queue_depth``, ``running`` (sequences in the engine
+            call under way), ``batch_sizes`` (sequences per
             engine call -> number of calls), ``mean_batch``, ``queue_wait`` and
             ``call_latency`` (``p50_ms``, ``p99_ms`` over the last 8192).
         """
@@ -566,6 +570,7 @@ class Batcher:
                 "errors": self._n_errors,
                 "fallbacks": self._n_fallbacks,
                 "queue_depth": self._queued,
+                "running": self._running,
             }
         batches = sum(sizes.values())
         out["batch_sizes"] = sizes

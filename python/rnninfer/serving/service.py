@@ -146,6 +146,8 @@ class _BatcherCollector(Collector):
                                   value=s["timeouts"])
         yield GaugeMetricFamily("rnninfer_queue_depth", "Requests waiting for the engine.",
                                 value=s["queue_depth"])
+        yield GaugeMetricFamily("rnninfer_engine_running_sequences", "Sequences in the engine call under way.",
+                                value=s["running"])
         yield GaugeMetricFamily("rnninfer_live_streams", "Open stream sessions.",
                                 value=len(self._service.sessions))
         for key in ("queue_wait", "call_latency"):
