@@ -378,7 +378,24 @@ class Batcher:
         return out
 
     def _feed_request(self, stream: Any, x: ArrayLike) -> _Request:
-        raise NotImplementedError("Batcher.feed needs Model.stream / Model.feed_many")
+        """Validate one feed the way ``Stream.feed`` does, in the caller's thread."""
+        from .stream import Stream, _normalise
+
+        if not isinstance(stream, Stream):
+            raise TypeError(f"stream must be an rnninfer Stream (model.stream()), got {type(stream).__name__}")
+        if stream.model is not self._model:
+            raise ValueError("the stream belongs to another model than this Batcher's")
+        row = _normalise(self._model, x, "feed")
+        if self._tokens:
+            lo, hi = int(row.min()), int(row.max())
+            if lo < 0 or hi >= self._vocab:
+                bad = lo if lo < 0 else hi
+                t = int(np.argmax(row == bad))
+                raise ValueError(f"feed: token id {bad} at step {t} is out of range "
+                                 f"for the vocabulary [0, {self._vocab})")
+        req = _Request("feed", 1)
+        req.stream, req.x = stream, row
+        return req
 
     # ---- dispatcher ----------------------------------------------------------------------
     def _take(self) -> list[_Request]:
@@ -523,7 +540,9 @@ class Batcher:
             s += r.n
 
     def _run_feed(self, batch: list[_Request]) -> None:
-        raise NotImplementedError
+        outs = self._model.feed_many([r.stream for r in batch], [r.x for r in batch])
+        for r, out in zip(batch, outs):
+            r.result = out
 
     # ---- lifecycle and stats ---------------------------------------------------------------
     def close(self, *, wait: bool = True) -> None:
