@@ -427,3 +427,169 @@ def test_options_are_checked() -> None:
         with pytest.raises(TypeError, match="timeout"):
             b.predict([1], timeout="1")  # type: ignore[arg-type]
         assert "max_batch=64" in repr(b)
+
+
+# ---- stream feeds ------------------------------------------------------------------------------
+STREAM_MODELS = ["tokens-last", "tokens-seq", "features-seq"]
+
+
+def _chunks(rng: np.random.Generator, seq: np.ndarray) -> list[np.ndarray]:
+    cuts = sorted({int(v) for v in rng.integers(1, len(seq), size=3)}) if len(seq) > 1 else []
+    return [c for c in np.split(seq, cuts) if len(c)]
+
+
+def _stream_expected(model: rnninfer.Model, seq: np.ndarray, chunks: list[np.ndarray]) -> list[np.ndarray]:
+    """What each feed must return: predict on the prefix (last-state) or the new steps' rows."""
+    out, t = [], 0
+    whole = model.predict(seq)
+    for c in chunks:
+        t1 = t + len(c)
+        out.append(whole[t:t1] if model.returns_sequences else model.predict(seq[:t1]))
+        t = t1
+    return out
+
+
+def _seq(model: rnninfer.Model, rng: np.random.Generator, T: int) -> np.ndarray:
+    if model.spec.input.kind == "tokens":
+        return rng.integers(1, 60, size=T)
+    return rng.standard_normal((T, model.spec.input.width)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", STREAM_MODELS)
+def test_threads_feeding_streams_get_the_bits_of_predict(name: str, rng: np.random.Generator) -> None:
+    model = MODELS[name]
+    clients = 32
+    seqs = [_seq(model, rng, int(rng.integers(1, 25))) for _ in range(clients)]
+    chunks = [_chunks(rng, s) for s in seqs]
+    got: list[list[np.ndarray]] = [[] for _ in range(clients)]
+    barrier = threading.Barrier(clients)
+    with rnninfer.Batcher(model, max_batch=16) as b:
+
+        def client(k: int) -> None:
+            stream = model.stream()
+            barrier.wait(WAIT)
+            for c in chunks[k]:
+                got[k].append(b.feed(stream, c.tolist() if c.dtype.kind == "i" else c))
+            assert stream.steps == len(seqs[k])
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        stats = b.stats()
+    for k in range(clients):
+        want = _stream_expected(model, seqs[k], chunks[k])
+        assert len(got[k]) == len(want)
+        assert all(_same(g, w) for g, w in zip(got[k], want))
+    assert stats["requests"] == sum(len(c) for c in chunks)
+
+
+def test_asyncio_feeds_of_many_streams(rng: np.random.Generator) -> None:
+    model = MODELS["tokens-seq"]
+    seqs = [_seq(model, rng, int(rng.integers(2, 20))) for _ in range(48)]
+    chunks = [_chunks(rng, s) for s in seqs]
+
+    async def one(b: rnninfer.Batcher, k: int) -> list[np.ndarray]:
+        stream = model.stream()
+        return [await b.feed_async(stream, c) for c in chunks[k]]
+
+    async def main(b: rnninfer.Batcher) -> list[list[np.ndarray]]:
+        return await asyncio.gather(*(one(b, k) for k in range(len(seqs))))
+
+    with rnninfer.Batcher(model) as b:
+        got = asyncio.run(main(b))
+        assert b.stats()["engine_calls"] < b.stats()["requests"]
+    for k, s in enumerate(seqs):
+        assert all(_same(g, w) for g, w in zip(got[k], _stream_expected(model, s, chunks[k])))
+
+
+def test_feeds_of_one_stream_keep_their_order_and_others_merge(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    model = MODELS["tokens-last"]
+    calls: list[int] = []
+    real = model.feed_many
+
+    def counting(streams: Any, xs: Any) -> Any:
+        calls.append(len(streams))
+        assert len({id(s) for s in streams}) == len(streams)  # a stream at most once per call
+        return real(streams, xs)
+
+    monkeypatch.setattr(model, "feed_many", counting)
+    with rnninfer.Batcher(model) as b:
+        release = threading.Event()
+        entered = threading.Event()
+        original = b._run_feed
+
+        def held(batch: list[Any]) -> None:
+            entered.set()
+            release.wait(WAIT)
+            original(batch)
+
+        b._run_feed = held  # type: ignore[method-assign]
+        first_stream = model.stream()
+        first = _start(lambda: b.feed(first_stream, [1]))
+        assert entered.wait(WAIT)
+        s = model.stream()
+        others = [model.stream() for _ in range(5)]
+        seq = rng.integers(1, 60, size=9)
+        mine = []
+        for i, c in enumerate((seq[:2], seq[2:5], seq[5:])):  # queued one after the other
+            mine.append(_start(lambda c=c: b.feed(s, c)))
+            _until(lambda i=i: b.queue_depth == i + 1)
+        theirs = [_start(lambda o=o: b.feed(o, [3, 4])) for o in others]
+        _until(lambda: b.queue_depth == 8)
+        release.set()
+        for t, _ in [first, *mine, *theirs]:
+            t.join(WAIT)
+    want = _stream_expected(model, seq, [seq[:2], seq[2:5], seq[5:]])
+    assert all(_same(box["result"], w) for (_, box), w in zip(mine, want))
+    assert all(_same(box["result"], model.predict([3, 4])) for _, box in theirs)
+    assert s.steps == 9
+    assert calls == [1, 6, 1, 1]
+
+
+def test_bad_feeds_fail_alone_and_leave_the_stream_unchanged() -> None:
+    model = MODELS["tokens-last"]
+    other = MODELS["tokens-seq"]
+    with rnninfer.Batcher(model) as b:
+        s = model.stream()
+        b.feed(s, [1, 2])
+        for x, err in [([1, 60], ValueError), ([], ValueError), ([1.5], TypeError), ([[1], [2]], ValueError)]:
+            with pytest.raises(err):
+                b.feed(s, x)
+            assert s.steps == 2
+        with pytest.raises(TypeError, match="Stream"):
+            b.feed("stream", [1])  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="another model"):
+            b.feed(other.stream(), [1])
+        assert _same(b.feed(s, [3]), model.predict([1, 2, 3]))
+    features = MODELS["features-seq"]
+    with rnninfer.Batcher(features) as b:
+        s = features.stream()
+        bad = np.ones((2, 5), dtype=np.float32)
+        bad[1, 1] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            b.feed(s, bad)
+        assert s.steps == 0
+
+
+def test_predicts_and_feeds_mix(rng: np.random.Generator) -> None:
+    model = MODELS["tokens-seq"]
+    xs = [_seq(model, rng, int(rng.integers(1, 12))) for _ in range(40)]
+    with rnninfer.Batcher(model) as b:
+
+        def work(k: int) -> None:
+            if k % 2:
+                assert _same(b.predict(xs[k]), model.predict(xs[k]))
+            else:
+                s = model.stream()
+                assert _same(b.feed(s, xs[k]), model.predict(xs[k]))
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert b.stats()["requests"] == len(xs)

@@ -450,3 +450,120 @@ def test_bad_options_are_errors_not_tracebacks(files: dict[str, Path]) -> None:
                            capture_output=True, text=True, timeout=60, check=False, env=dict(os.environ))
     assert r.returncode == 2
     assert "cannot listen" in r.stderr
+
+
+# ---- stream sessions -----------------------------------------------------------------------------
+def test_stream_sessions_fed_in_chunks(tokens_server: Server, files: dict[str, Path],
+                                       rng: np.random.Generator) -> None:
+    model = _model(files["tokens"])
+    url = tokens_server.url
+
+    def session(seq: list[int], cuts: list[int]) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            r = c.post("/v1/streams")
+            assert r.status_code == 200
+            sid = r.json()["id"]
+            t = 0
+            for t1 in [*cuts, len(seq)]:
+                r = c.post(f"/v1/streams/{sid}", json={"inputs": seq[t:t1]})
+                assert r.status_code == 200, r.text
+                assert r.json()["steps"] == t1
+                _check_same(r.json(), model.predict(seq[:t1]))
+                t = t1
+            r = c.delete(f"/v1/streams/{sid}")
+            assert r.json() == {"id": sid, "steps": len(seq)}
+            assert c.post(f"/v1/streams/{sid}", json={"inputs": [1]}).status_code == 404
+            assert c.delete(f"/v1/streams/{sid}").status_code == 404
+
+    seqs = [[int(v) for v in rng.integers(0, 50, size=int(rng.integers(3, 20)))] for _ in range(32)]
+    threads = [threading.Thread(target=session, args=(s, sorted({1, len(s) // 2}))) for s in seqs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert _metric(url, "rnninfer_live_streams") == 0
+
+
+def test_stream_errors(tokens_server: Server, files: dict[str, Path]) -> None:
+    url = tokens_server.url
+    sid = _post(url + "/v1/streams", b"").json()["id"]
+    for body, message in [({"inputs": [[1, 2], [3]]}, "one sequence"), ({"inputs": [1, 99]}, "out of range"),
+                          ({"inputs": [1, 2], "lengths": [2]}, "unknown field"), ({"inputs": []}, "non-empty")]:
+        r = _post(f"{url}/v1/streams/{sid}", body)
+        assert r.status_code == 400, r.text
+        assert message in r.json()["error"]
+    r = _post(f"{url}/v1/streams/{sid}", {"inputs": [4, 5]})
+    assert r.json()["steps"] == 2  # the refused feeds changed nothing
+    _check_same(r.json(), _model(files["tokens"]).predict([4, 5]))
+    assert _post(url + "/v1/streams", {"state": 1}).status_code == 400
+    assert httpx.delete(f"{url}/v1/streams/{sid}", timeout=30).status_code == 200
+
+
+def test_streams_expire_and_are_capped(start_server: StartServer, files: dict[str, Path]) -> None:
+    server = start_server(files["features-seq"], "--stream-idle-s", "0.5", "--max-streams", "3")
+    url = server.url
+    model = _model(files["features-seq"])
+    ids = [_post(url + "/v1/streams", b"").json()["id"] for _ in range(3)]
+    r = _post(url + "/v1/streams", b"")
+    assert r.status_code == 503
+    assert "max_streams=3" in r.json()["error"]
+    x = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0], [0.0, 0.1, 0.2, 0.3]]
+    r = _post(f"{url}/v1/streams/{ids[0]}", {"inputs": x[:2]})
+    _check_same(r.json(), model.predict(np.array(x[:2])))
+    r = _post(f"{url}/v1/streams/{ids[0]}", {"inputs": x[2:]})
+    _check_same(r.json(), model.predict(np.array(x))[2:])
+    deadline = time.monotonic() + 30
+    while _metric(url, "rnninfer_live_streams") > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = _post(f"{url}/v1/streams/{ids[0]}", {"inputs": x[:1]})
+    assert r.status_code == 404
+    assert "expired" in r.json()["error"]
+    assert _post(url + "/v1/streams", b"").status_code == 200
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's RSS from /proc")
+def test_ten_thousand_abandoned_streams_cost_bounded_memory(start_server: StartServer,
+                                                            files: dict[str, Path]) -> None:
+    server = start_server(files["slow"], "--stream-idle-s", "1", "--max-streams", "4000")
+    req = b"POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+    def open_many(n: int) -> list[int]:
+        # Pipelined on keep-alive connections: 10,000 opens in a few seconds.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+            s.sendall(req * n)
+            data = b""
+            while data.count(b"HTTP/1.1 ") < n:
+                chunk = s.recv(1 << 16)
+                assert chunk, "connection closed early"
+                data += chunk
+        return [int(part[:3]) for part in data.split(b"HTTP/1.1 ")[1:]]
+
+    statuses: list[int] = []
+    rss: list[int] = []
+    for _ in range(2):  # 2 x 5,000: the second round must not grow the process much
+        box: list[list[int]] = []
+        ths = [threading.Thread(target=lambda: box.append(open_many(625))) for _ in range(8)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(120)
+        statuses += [v for b in box for v in b]
+        assert _metric(server.url, "rnninfer_live_streams") <= 4000
+        deadline = time.monotonic() + 30
+        while _metric(server.url, "rnninfer_live_streams") > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        rss.append(_rss_kib(server.proc.pid))
+    assert len(statuses) == 10000
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= 4000
+    assert rss[1] - rss[0] < 20 * 1024, rss  # KiB: no per-stream leak
+    assert _post(server.url + "/v1/predict", {"inputs": [1, 2]}).status_code == 200
