@@ -550,7 +550,7 @@ def test_ten_thousand_abandoned_streams_cost_bounded_memory(start_server: StartS
     rss: list[int] = []
     for _ in range(2):  # 2 x 5,000: the second round must not grow the process much
         box: list[list[int]] = []
-        ths = [threading.Thread(target=lambda: box.append(open_many(625))) for _ in range(8)]
+        ths = [threading.Thread(target=lambda b=box: b.append(open_many(625))) for _ in range(8)]
         for t in ths:
             t.start()
         for t in ths:
