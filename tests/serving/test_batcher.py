@@ -409,6 +409,17 @@ def test_stats_report_counts_and_percentiles() -> None:
     assert s["mean_batch"] == 2.0
     for key in ("queue_wait", "call_latency"):
         assert 0 < s[key]["p50_ms"] <= s[key]["p99_ms"] < 1e4
+    assert s["fixed_cost_ms"] == 1.0  # calls of one size only: nothing fitted yet, the cap holds
+
+
+def test_the_wait_after_a_call_is_capped_by_the_fitted_fixed_cost(rng: np.random.Generator) -> None:
+    model = MODELS["tokens-last"]
+    with rnninfer.Batcher(model, max_delay_ms=50) as b:
+        for i in range(64):  # calls of 1..4 sequences of 10 steps
+            b.predict(rng.integers(0, 60, size=(i % 4 + 1, 10)))
+        s = b.stats()
+    # A tiny model's fixed cost per call is far below 50 ms (and never negative).
+    assert 0 <= s["fixed_cost_ms"] < 5
 
 
 def test_options_are_checked() -> None:

@@ -10,12 +10,14 @@ ragged batch the bits it would get alone (SPEC §2), whatever the batch's width
 or composition, so a request's slice of the merged output *is* what
 ``model.predict`` gives for that request alone.
 
-When to dispatch: at once when the engine is idle. Right after a call, the
-callers it answered usually come straight back, so the dispatcher waits for
-about as many sequences as that call ran, but never more than ``max_delay_ms``
-past the call's end; requests that arrive while a call runs are simply queued
-for the next one. A request therefore waits at most for the call in flight,
-plus ``max_delay_ms``, plus its own call.
+When to dispatch: at once when the engine is idle; requests that arrive
+while a call runs are queued for the next one. Right after a call, the
+callers it answered usually come straight back; waiting for them saves one
+engine call's fixed cost but idles the engine meanwhile, so the dispatcher
+waits for about as many sequences as that call ran only while the wait is
+shorter than that fixed cost (fitted from recent calls' times against their
+sizes) and never longer than ``max_delay_ms``. A request therefore waits at
+most for the call in flight, plus ``max_delay_ms``, plus its own call.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 
 #: Samples kept for the latency percentiles of :meth:`Batcher.stats`.
 _SAMPLES = 8192
+#: Recent calls the fixed-cost estimate is fitted to, and how often it is refitted.
+_FIT_SAMPLES = 256
+_FIT_EVERY = 32
 
 _QUEUED, _STARTED, _DONE, _DROPPED = range(4)
 
@@ -132,8 +137,9 @@ class Batcher:
             max_batch: most sequences in one engine call (a request with more
                 sequences than this runs alone, never split).
             max_delay_ms: the longest the dispatcher waits for more requests
-                after a call before it dispatches what is queued (it never
-                waits when the engine has been idle).
+                right after a call before it dispatches what is queued (it
+                waits less when the engine's fixed cost per call is lower,
+                and never when the engine has been idle).
             max_queue: most requests waiting to start; beyond it a request
                 raises :class:`Overloaded` at once.
 
@@ -177,6 +183,9 @@ class Batcher:
         self._sizes: collections.Counter[int] = collections.Counter()
         self._waits: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
         self._call_times: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
+        # (sequences, seconds) of recent calls, for the engine's fixed cost per call.
+        self._fits: collections.deque[tuple[int, float]] = collections.deque(maxlen=_FIT_SAMPLES)
+        self._fixed_cost = self._max_delay  # unknown until calls of different sizes were seen
 
         self._thread = threading.Thread(target=self._dispatch_loop, name="rnninfer-batcher", daemon=True)
         self._thread.start()
@@ -469,7 +478,9 @@ class Batcher:
             n = sum(r.n for r in batch)
             self._run(batch, n)
             want = min(n, self._max_batch)
-            deadline = time.perf_counter() + self._max_delay
+            # Waiting w for the callers just answered saves one call's fixed cost and
+            # idles the engine for w: worth it only while w is below that cost.
+            deadline = time.perf_counter() + min(self._max_delay, self._fixed_cost)
 
     def _run(self, batch: list[_Request], n: int) -> None:
         t0 = time.perf_counter()
@@ -501,8 +512,21 @@ class Batcher:
             self._n_errors += errors
             self._sizes[n] += 1
             self._call_times.append(elapsed)
+            if calls == 1:
+                self._fits.append((n, elapsed))
+                if self._n_calls % _FIT_EVERY == 0:
+                    self._fixed_cost = self._fit_fixed_cost()
         for r in batch:
             self._deliver(r)
+
+    def _fit_fixed_cost(self) -> float:
+        """The intercept of call time against sequences per call (least squares), in seconds."""
+        n = np.array([f[0] for f in self._fits], dtype=np.float64)
+        t = np.array([f[1] for f in self._fits], dtype=np.float64)
+        if np.ptp(n) == 0:
+            return self._fixed_cost  # one size only: nothing to fit
+        _, intercept = np.polyfit(n, t, 1)
+        return float(min(max(intercept, 0.0), self._max_delay))
 
     def _deliver(self, r: _Request) -> None:
         r.state = _DONE
@@ -575,7 +599,9 @@ class Batcher:
             at a time), ``queue_depth``, ``running`` (sequences in the engine
             call under way), ``batch_sizes`` (sequences per
             engine call -> number of calls), ``mean_batch``, ``queue_wait`` and
-            ``call_latency`` (``p50_ms``, ``p99_ms`` over the last 8192).
+            ``call_latency`` (``p50_ms``, ``p99_ms`` over the last 8192), and
+            ``fixed_cost_ms``, the fitted fixed cost of one engine call that
+            bounds the wait after a call.
         """
         with self._cv:
             sizes = dict(sorted(self._sizes.items()))
@@ -596,6 +622,7 @@ class Batcher:
         out["mean_batch"] = sum(k * v for k, v in sizes.items()) / batches if batches else 0.0
         out["queue_wait"] = _percentiles(waits)
         out["call_latency"] = _percentiles(calls)
+        out["fixed_cost_ms"] = self._fixed_cost * 1e3
         return out
 
     def __repr__(self) -> str:
