@@ -171,7 +171,7 @@ def _check_same(answer: Any, expected: np.ndarray) -> None:
 def test_threads_over_http_get_predicts_bits(tokens_server: Server, files: dict[str, Path],
                                              rng: np.random.Generator) -> None:
     model = _model(files["tokens"])
-    bodies = _requests_for(model, rng, 192)
+    bodies = _requests_for(model, rng, 128)
     answers: list[Any] = [None] * len(bodies)
     clients = 32
     barrier = threading.Barrier(clients)
