@@ -164,13 +164,17 @@ class Batcher:
         self._width = spec.input.width
         self._sequences = model.returns_sequences
 
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        # The dispatcher sleeps on this lock (held = no wake-up pending) and is woken by
+        # releasing it outside self._lock, so a woken dispatcher never blocks on self._lock.
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._queues: dict[str, collections.deque[_Request]] = {
             "predict": collections.deque(), "feed": collections.deque()}
         self._queued = 0  # requests waiting to start (dropped ones excluded)
         self._queued_seqs = 0
         self._closing = False
-        self._sleeping = False  # the dispatcher waits on _cv ...
+        self._sleeping = False  # the dispatcher waits on _wake ...
         self._want = 1  # ... until this many sequences are queued
 
         self._running = 0  # sequences in the engine call under way
@@ -257,7 +261,7 @@ class Batcher:
         return req
 
     def _enqueue(self, req: _Request) -> None:
-        with self._cv:
+        with self._lock:
             if self._closing:
                 raise RuntimeError("the Batcher is closed; it takes no new requests")
             if self._queued >= self._max_queue:
@@ -271,13 +275,20 @@ class Batcher:
             self._queued += 1
             self._queued_seqs += req.n
             self._n_requests += 1
-            if self._sleeping and self._queued_seqs >= self._want:
+            wake = self._sleeping and self._queued_seqs >= self._want
+            if wake:
                 self._sleeping = False
-                self._cv.notify()
+        if wake:
+            self._signal()
+
+    def _signal(self) -> None:
+        # A lock that is already released means a wake-up is pending: nothing to add.
+        with contextlib.suppress(RuntimeError):
+            self._wake.release()
 
     def _drop(self, req: _Request) -> bool:
         """Drop a request that has not started; False when it already runs (or ran)."""
-        with self._cv:
+        with self._lock:
             if req.state != _QUEUED:
                 return False
             req.state = _DROPPED
@@ -332,20 +343,23 @@ class Batcher:
         req.loop = loop
         req.future = fut = loop.create_future()
         self._enqueue(req)
+        timer = None
+        if timeout is not None:
+            # A timer on the loop, not wait_for: no extra task per request.
+            def expire() -> None:
+                if not fut.done() and self._drop(req):
+                    fut.set_exception(TimeoutError(
+                        f"the request did not start within timeout={timeout} s; it was dropped"))
+
+            timer = loop.call_later(timeout, expire)
         try:
-            if timeout is None:
-                return await fut
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except asyncio.TimeoutError:
-                if self._drop(req):
-                    raise TimeoutError(
-                        f"the request did not start within timeout={timeout} s; it was dropped"
-                    ) from None
-                return await fut
+            return await fut
         except asyncio.CancelledError:
             self._drop(req)  # a cancelled caller's request is not run if it has not started
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def predict_async(self, x: ArrayLike, *, lengths: ArrayLike | None = None,
                             timeout: float | None = None) -> np.ndarray:
@@ -454,25 +468,26 @@ class Batcher:
         want = 0  # sequences worth waiting for right after a call
         deadline = 0.0
         while True:
-            with self._cv:
-                while True:
-                    # Dropped requests may still sit in the deques; _queued counts live ones.
-                    if self._queued == 0:
-                        if self._closing:
-                            return
-                        want = 0
-                        self._want, self._sleeping = 1, True
-                        self._cv.wait()
-                        continue
-                    if want and self._queued_seqs < want and not self._closing:
-                        remaining = deadline - time.perf_counter()
-                        if remaining > 0:
-                            self._want, self._sleeping = want, True
-                            self._cv.wait(remaining)
-                            continue
-                    break
+            sleep: float | None = None
+            with self._lock:
                 self._sleeping = False
-                batch = self._take()
+                # Dropped requests may still sit in the deques; _queued counts live ones.
+                if self._queued == 0:
+                    if self._closing:
+                        return
+                    want = 0
+                    self._want, self._sleeping = 1, True
+                    sleep = -1.0  # until woken
+                elif want and self._queued_seqs < want and not self._closing:
+                    remaining = deadline - time.perf_counter()
+                    if remaining > 0:
+                        self._want, self._sleeping = want, True
+                        sleep = remaining
+                if sleep is None:
+                    batch = self._take()
+            if sleep is not None:
+                self._wake.acquire(timeout=sleep)
+                continue
             if not batch:
                 continue
             n = sum(r.n for r in batch)
@@ -506,7 +521,7 @@ class Batcher:
                         errors += 1
         elapsed = time.perf_counter() - t0
         self._running = 0
-        with self._cv:
+        with self._lock:
             self._n_calls += calls
             self._n_fallbacks += calls > 1
             self._n_errors += errors
@@ -575,10 +590,10 @@ class Batcher:
         Args:
             wait: block until the queued requests are answered.
         """
-        with self._cv:
+        with self._lock:
             self._closing = True
             self._sleeping = False
-            self._cv.notify()
+        self._signal()
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
@@ -603,7 +618,7 @@ class Batcher:
             ``fixed_cost_ms``, the fitted fixed cost of one engine call that
             bounds the wait after a call.
         """
-        with self._cv:
+        with self._lock:
             sizes = dict(sorted(self._sizes.items()))
             waits = list(self._waits)
             calls = list(self._call_times)
