@@ -505,7 +505,7 @@ def test_stream_errors(tokens_server: Server, files: dict[str, Path]) -> None:
 
 
 def test_streams_expire_and_are_capped(start_server: StartServer, files: dict[str, Path]) -> None:
-    server = start_server(files["features-seq"], "--stream-idle-s", "0.5", "--max-streams", "3")
+    server = start_server(files["features-seq"], "--stream-idle-s", "1.5", "--max-streams", "3")
     url = server.url
     model = _model(files["features-seq"])
     ids = [_post(url + "/v1/streams", b"").json()["id"] for _ in range(3)]
