@@ -93,7 +93,9 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
             i = k
             while counter[0] < max_requests:
                 start = time.perf_counter()
-                if start >= t_end:
+                # Past the window, go on (up to drain s) until 2 answers per connection were
+                # measured: a slow server must not leave the point empty.
+                if start >= t_end and (len(lat) >= 2 * conc or start >= t_end + spec["drain"]):
                     return
                 status = await _call(r, w, reqs[i % len(reqs)])
                 counter[0] += 1
@@ -211,7 +213,7 @@ def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace
                     continue
             spec = {"host": server.host, "port": server.port, "bodies": str(bodies_path), "concurrency": c,
                     "duration": args.duration, "warmup": args.warmup, "max_requests": args.max_requests,
-                    "rate": rate, "drain": 5.0}
+                    "rate": rate, "drain": 10.0}
             r = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True,
                                text=True, timeout=args.warmup + args.duration + 60, check=False,
                                env=_thread_env(1))
