@@ -19,6 +19,7 @@ from ._version import __version__
 from .converters.base import Probe
 from .errors import ModelFormatError
 from .model import Model, build, load
+from .serving.batcher import Batcher, Overloaded
 
 
 def isa() -> str:
@@ -103,8 +104,10 @@ def from_torch(
 
 
 __all__ = [
+    "Batcher",
     "Model",
     "ModelFormatError",
+    "Overloaded",
     "__version__",
     "build",
     "from_keras",

@@ -112,6 +112,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from . import load
+
+    try:
+        from .serving import service
+    except ImportError as e:
+        raise SystemExit(f"rnninfer serve: {e}") from None
+    config = service.ServeConfig(
+        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout_s, max_tokens=args.max_tokens,
+        max_sequences=args.max_sequences, max_body_bytes=args.max_body_bytes,
+        max_streams=args.max_streams, stream_idle_s=args.stream_idle_s,
+    )
+    model = load(args.model, threads=args.threads, precision=args.precision)
+    service.serve(model, host=args.host, port=args.port, config=config,
+                  shutdown_timeout_s=args.shutdown_timeout_s)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rnninfer`` command."""
     from . import __version__
@@ -162,6 +181,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("serve", help="serve a model over HTTP with micro-batching (extra 'serve'; docs/serving.md)")
+    s.add_argument("model")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--threads", type=int, default=None, help="engine threads per call (default: the cores)")
+    s.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="weight precision to run with (default: what the file stores)")
+    s.add_argument("--max-batch", type=int, default=64, help="most sequences per engine call (default 64)")
+    s.add_argument("--max-delay-ms", type=float, default=1.0,
+                   help="longest wait for more requests after a call (default 1.0)")
+    s.add_argument("--max-queue", type=int, default=1024, help="most waiting requests; beyond: 503 (default 1024)")
+    s.add_argument("--queue-timeout-s", type=float, default=30.0,
+                   help="a request not started within this answers 503 (default 30)")
+    s.add_argument("--max-tokens", type=int, default=65536, help="most steps per request; beyond: 413 (default 65536)")
+    s.add_argument("--max-sequences", type=int, default=1024,
+                   help="most sequences per request; beyond: 413 (default 1024)")
+    s.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                   help="largest request body; beyond: 413 (default 8 MiB)")
+    s.add_argument("--max-streams", type=int, default=10000,
+                   help="most live stream sessions; beyond: 503 (default 10000)")
+    s.add_argument("--stream-idle-s", type=float, default=300.0,
+                   help="close a stream not fed for this long (default 300)")
+    s.add_argument("--shutdown-timeout-s", type=float, default=30.0,
+                   help="on SIGTERM, how long in-flight requests may take to finish (default 30)")
+    s.set_defaults(func=_cmd_serve)
     return p
 
 
