@@ -21,18 +21,22 @@ using TokenArray = py::array_t<int64_t, py::array::c_style | py::array::forcecas
 
 template <typename T>
 T get(const py::dict& d, const char* key) {
-  if (!d.contains(key)) throw std::invalid_argument(std::string("engine description lacks '") + key + "'");
+  if (!d.contains(key)) throw std::invalid_argument(std::string("model description lacks '") + key + "'");
   return d[key].cast<T>();
 }
 
+// The manifest's "model" section as ModelSpec.to_json_dict() writes it: the
+// same keys and names as the file (rnninfer/format/manifest.py), no renaming.
 ModelDesc parse_desc(const py::dict& d) {
   ModelDesc m;
-  m.tokens = get<std::string>(d, "input_kind") == "tokens";
-  m.vocab_size = get<int>(d, "vocab_size");
-  m.input_width = get<int>(d, "input_width");
-  m.mask_zero = get<bool>(d, "mask_zero");
-  m.has_mask_value = get<bool>(d, "has_mask_value");
-  m.mask_value = get<float>(d, "mask_value");
+  const py::dict in = get<py::dict>(d, "input");
+  m.tokens = get<std::string>(in, "kind") == "tokens";
+  m.vocab_size = m.tokens ? get<int>(in, "vocab_size") : 0;
+  m.input_width = get<int>(in, m.tokens ? "embedding_dim" : "features");
+  m.mask_zero = get<bool>(in, "mask_zero");
+  const py::object mask_value = get<py::object>(in, "mask_value");
+  m.has_mask_value = !mask_value.is_none();
+  m.mask_value = m.has_mask_value ? mask_value.cast<float>() : 0.0f;
   for (const auto& item : get<py::list>(d, "layers")) {
     const py::dict l = item.cast<py::dict>();
     LayerDesc L;
@@ -45,7 +49,8 @@ ModelDesc parse_desc(const py::dict& d) {
     L.reset_after = get<bool>(l, "reset_after");
     L.proj_size = get<int>(l, "proj_size");
     L.bias = get<bool>(l, "bias");
-    L.residual_from = get<int>(l, "residual_from");
+    const py::object residual = get<py::object>(l, "residual_from");
+    L.residual_from = residual.is_none() ? kNoResidual : residual.cast<int>();
     m.layers.push_back(L);
   }
   m.readout = parse_readout(get<std::string>(d, "readout"));

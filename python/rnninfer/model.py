@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 from typing import IO, Any, Union
 
 import numpy as np
@@ -19,8 +18,9 @@ import numpy as np
 from .errors import ModelFormatError
 from .format import npz
 from .format import precision as prec
-from .format.manifest import ModelSpec, validate_spec
-from .format.spec import DTYPE, count_params, expected_tensors, validate
+from .format.checked import CheckedModel, check_model
+from .format.manifest import ModelSpec
+from .format.spec import DTYPE, count_params, expected_tensors
 from .threads import check_threads as _check_threads
 from .threads import default_threads
 
@@ -80,35 +80,43 @@ class Model:
             ModelFormatError: listing every problem with the spec or tensors.
         """
         _check_precision(precision)
-        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        problems = validate_spec(spec)
-        if not problems:
-            problems = prec.validate_stored(spec, tensors)
-        if not problems:
-            problems = validate(spec, prec.decode(spec, tensors))
-        if problems:
-            raise ModelFormatError(problems)
-        target = precision or prec.stored_precision(spec, tensors)
-        stored = prec.convert(spec, tensors, target)
-        effective = prec.decode(spec, stored)
-        problems = validate(spec, effective)  # e.g. a float32 beyond bf16's range became inf
-        if problems:
-            raise ModelFormatError(problems)
-        for t in (*stored.values(), *effective.values()):
-            t.setflags(write=False)
+        _check_threads(threads)
+        self._open(check_model(spec, tensors), producer, threads, precision, isa)
+
+    @classmethod
+    def _from_checked(
+        cls,
+        checked: CheckedModel,
+        *,
+        producer: Mapping[str, Any] | None = None,
+        threads: int | None = None,
+        precision: str | None = None,
+        isa: str | None = None,
+    ) -> Model:
+        """A model of an already checked spec and tensors (files, converters): no second check."""
+        _check_precision(precision)
+        model = cls.__new__(cls)
+        model._open(checked, producer, threads, precision, isa)
+        return model
+
+    def _open(self, checked: CheckedModel, producer: Mapping[str, Any] | None, threads: int | None,
+              precision: str | None, isa: str | None) -> None:
+        checked = checked.with_precision(precision or checked.precision)
+        spec = checked.spec
+        self._checked = checked
         self._spec = spec
         # Effective float32 weights (what the engine computes with) and their
         # stored form at the model's precision (what save() writes).
-        self._tensors = MappingProxyType(effective)
-        self._stored = MappingProxyType(stored)
+        self._tensors = checked.effective
+        self._stored = checked.stored
         self._producer = dict(producer or {"converter": "rnninfer.build"})
         self._threads = _check_threads(threads)
         self._threads_option = threads  # what a pickle carries: None re-resolves in the worker
-        self._precision = target
+        self._precision = checked.precision
         self._isa_arg = isa
         from . import _core  # imported here so converters and the file format work without it
 
-        self._engine = _core.Engine(_engine_desc(spec), dict(stored), self._threads, isa or "")
+        self._engine = _core.Engine(spec.to_json_dict(), dict(checked.stored), self._threads, isa or "")
         inp = spec.input
         self._tokens = inp.kind == "tokens"
         self._width = inp.width
@@ -143,8 +151,8 @@ class Model:
         """
         if precision is None or _check_precision(precision) is None:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        return Model(self._spec, dict(self._stored), producer=self._producer, threads=self._threads,
-                     precision=precision, isa=self._isa_arg)
+        return Model._from_checked(self._checked, producer=self._producer, threads=self._threads_option,
+                                   precision=precision, isa=self._isa_arg)
 
     @property
     def producer(self) -> dict[str, Any]:
@@ -312,37 +320,6 @@ class Model:
     def __repr__(self) -> str:
         layers = ", ".join(f"{x.cell}{x.units}" for x in self._spec.layers)
         return f"<rnninfer.Model {self._spec.name!r}: {self._spec.input.kind} -> [{layers}] -> {self.output_width}>"
-
-
-# ---- engine description ------------------------------------------------------------
-def _engine_desc(spec: ModelSpec) -> dict[str, Any]:
-    """The flat description the C++ engine parses (see bind_engine.cc)."""
-    inp = spec.input
-    return {
-        "input_kind": inp.kind,
-        "vocab_size": inp.vocab_size,
-        "input_width": inp.width,
-        "mask_zero": inp.mask_zero,
-        "has_mask_value": inp.mask_value is not None,
-        "mask_value": float(inp.mask_value) if inp.mask_value is not None else 0.0,
-        "layers": [
-            {
-                "cell": layer.cell,
-                "units": layer.units,
-                "direction": layer.direction,
-                "merge": layer.merge,
-                "activation": layer.activation,
-                "recurrent_activation": layer.recurrent_activation,
-                "reset_after": layer.reset_after,
-                "proj_size": layer.proj_size,
-                "bias": layer.bias,
-                "residual_from": -2 if layer.residual_from is None else layer.residual_from,
-            }
-            for layer in spec.layers
-        ],
-        "readout": spec.readout,
-        "head": [{"units": d.units, "activation": d.activation, "bias": d.bias} for d in spec.head],
-    }
 
 
 # ---- input preparation ---------------------------------------------------------------
@@ -584,9 +561,9 @@ def _load(src: ModelSource, *, threads: int | None, precision: str | None, isa: 
             f"file object, got {type(src).__name__}"
         )
     try:
-        spec, tensors, manifest = npz.read_bytes(data, source=source)
-        return Model(spec, tensors, producer=manifest.get("producer"), threads=threads,
-                     precision=precision, isa=isa)
+        checked, manifest = npz.read_bytes(data, source=source)
+        return Model._from_checked(checked, producer=manifest.get("producer"), threads=threads,
+                                   precision=precision, isa=isa)
     except ModelFormatError:
         raise
     except Exception as e:

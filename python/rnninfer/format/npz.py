@@ -12,8 +12,9 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from . import precision as prec
-from .manifest import FORMAT_NAME, FORMAT_VERSION, ModelSpec, validate_spec
-from .spec import DTYPE, validate
+from .checked import CheckedModel, model_problems
+from .manifest import FORMAT_NAME, FORMAT_VERSION, ModelSpec
+from .spec import DTYPE
 
 #: Manifest dtype name of each stored numpy dtype (format version 2).
 _DTYPE_NAMES = {np.dtype("<f4"): "float32", np.dtype("<u2"): "bfloat16", np.dtype("i1"): "int8"}
@@ -74,11 +75,12 @@ def write(
     os.replace(tmp, path)
 
 
-def read(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
+def read(path: str | os.PathLike[str]) -> tuple[CheckedModel, dict[str, Any]]:
     """Read and fully validate a model file.
 
     Returns:
-        ``(spec, tensors, manifest)``.
+        ``(checked, manifest)``: the checked model (spec and read-only
+        tensors, see :mod:`rnninfer.format.checked`) and the manifest.
 
     Raises:
         ModelFormatError: for anything wrong with the file, listing every
@@ -93,9 +95,7 @@ def read(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, np.ndarray]
     return read_bytes(data, source=src)
 
 
-def read_bytes(
-    data: bytes, *, source: str = "<bytes>"
-) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
+def read_bytes(data: bytes, *, source: str = "<bytes>") -> tuple[CheckedModel, dict[str, Any]]:
     """Like :func:`read`, from the bytes of a file."""
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ModelFormatError("not an .npz archive (no zip structure; truncated or not a model file)", source=source)
@@ -167,21 +167,15 @@ def read_bytes(
         for name in arrays:
             if name not in listed:
                 problems.append(f"archive entry {name!r} is not listed in the manifest")
-    if not validate_spec(spec):
-        stored_problems = prec.validate_stored(spec, arrays)
-        problems += stored_problems or validate(spec, prec.decode(spec, arrays))
-        declared = manifest.get("precision")
-        if not stored_problems and declared is not None and declared != prec.stored_precision(spec, arrays):
-            problems.append(
-                f"manifest precision {declared!r} differs from the stored weights' "
-                f"{prec.stored_precision(spec, arrays)!r}"
-            )
-    else:
-        problems += validate_spec(spec)
-    if problems:
+    found, checked = model_problems(spec, arrays, owned=True)
+    problems += found
+    declared = manifest.get("precision")
+    if checked is not None and declared is not None and declared != checked.precision:
+        problems.append(f"manifest precision {declared!r} differs from the stored weights' {checked.precision!r}")
+    if problems or checked is None:
         raise ModelFormatError(sorted(set(problems), key=problems.index), source=source)
     producer = manifest.get("producer", {})
     if not isinstance(producer, dict):
         producer = {}
     manifest["producer"] = producer
-    return spec, arrays, manifest
+    return checked, manifest
