@@ -83,6 +83,16 @@ def test_padding_errors_name_the_argument(rng: np.random.Generator) -> None:
         model.predict(x)
     with pytest.raises(ValueError, match="step 1 is out of range"):
         model.predict(np.array([[9, -1], [1, 2]]), lengths=[1, 2], padding="pre")
+    with pytest.raises(ValueError, match="padding must be"):
+        model.predict([1, 2], padding="after")
+    feat = _model("features_seq")
+    x3 = np.zeros((2, 4, 3))
+    x3[0, 3, 1] = np.nan
+    with pytest.raises(ValueError, match="sequence 0, step 3, feature 1"):
+        feat.predict(x3, lengths=[2, 4], padding="pre")
+    x3[0, 0, 1] = np.inf  # under the padding: never read
+    with pytest.raises(ValueError, match="sequence 0, step 3, feature 1"):
+        feat.predict(x3, lengths=[2, 4], padding="pre")
 
 
 # ---- array-likes --------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def prepare(
         else:
             shift = None
     if not tokens:
-        _check_finite(data, lens)
+        _check_finite(data, lens, shift)
     return Prepared(data, lens, single, shift)
 
 
@@ -315,7 +315,7 @@ def _ragged_features(
     return arr, (None if int(lens.min()) == arr.shape[1] else lens), False
 
 
-def _check_finite(arr: np.ndarray, lens: np.ndarray | None) -> None:
+def _check_finite(arr: np.ndarray, lens: np.ndarray | None, shift: np.ndarray | None) -> None:
     T = arr.shape[1]
     inside = None if lens is None else np.arange(T)[None, :] < lens[:, None]
     if np.isfinite(arr if inside is None else arr[inside]).all():
@@ -324,6 +324,8 @@ def _check_finite(arr: np.ndarray, lens: np.ndarray | None) -> None:
     if inside is not None:
         bad_mask &= inside[:, :, None]
     b, t, f = (int(v) for v in np.argwhere(bad_mask)[0])
+    if shift is not None:
+        t += int(shift[b])  # the caller's step of a pre-padded row
     raise ValueError(
         f"x: features contain NaN or infinity (or values beyond float32 range) at sequence {b}, "
         f"step {t}, feature {f}"

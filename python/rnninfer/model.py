@@ -224,7 +224,7 @@ class Model:
                 runs, in :mod:`rnninfer.inputs`, except token ids within
                 int64, which the engine checks as it reads them.
         """
-        if self._tokens and lengths is None and type(x) is list:
+        if self._tokens and lengths is None and type(x) is list and padding == "post":
             # The commonest call, one list of ints, read by the engine itself;
             # None means another form, normalised below.
             out = self._engine.predict_list(x)
