@@ -94,8 +94,9 @@ def prepare(
         shift = (T - lens).astype(np.int64)
         if shift.any():
             # Move each row's steps to its front, the engine's layout.
-            idx = (np.arange(T)[None, :] + shift[:, None]) % T
-            data = np.take_along_axis(data, idx if data.ndim == 2 else idx[:, :, None], axis=1)
+            idx = np.arange(T)[None, :] + shift[:, None]
+            idx[idx >= T] -= T
+            data = data[np.arange(data.shape[0])[:, None], idx]
             if tokens:
                 _check_range_pre(data, lens, shift, vocab)
         else:
@@ -139,14 +140,15 @@ def _lengths(lengths: ArrayLike | None, batch: int, width: int) -> np.ndarray | 
         raise TypeError(f"lengths must be integers (one per row of x), got dtype {lens.dtype}")
     if lens.shape != (batch,):
         raise ValueError(f"lengths must have shape ({batch},), one per row of x, got {lens.shape}")
-    if lens.min() < 1 or lens.max() > width:
-        i = int(np.argmin(lens)) if lens.min() < 1 else int(np.argmax(lens))
+    lo, hi = int(lens.min()), int(lens.max())
+    if lo < 1 or hi > width:
+        i = int(np.argmin(lens)) if lo < 1 else int(np.argmax(lens))
         v = int(lens[i])
         if v == 0:
             raise _zero_length(i)
         why = "is negative" if v < 0 else f"is beyond the width of x ({width} steps)"
         raise ValueError(f"lengths[{i}] = {v} {why}")
-    if int(lens.min()) == width:
+    if lo == width:
         return None  # every row full length: the engine's cheapest call
     return lens.astype(np.int32)
 
@@ -245,6 +247,8 @@ def _check_uint64(arr: np.ndarray, lens: np.ndarray | None, vocab: int, seq: int
 
 def _check_range_pre(data: np.ndarray, lens: np.ndarray, shift: np.ndarray, vocab: int) -> None:
     """Token range for pre-padded rows, checked here so the message gives the caller's step."""
+    if data.min() >= 0 and data.max() < vocab:
+        return
     inside = np.arange(data.shape[1])[None, :] < lens[:, None]
     bad = np.argwhere(((data < 0) | (data >= vocab)) & inside)
     if bad.size:
