@@ -236,17 +236,17 @@ class Model:
     __call__ = predict
 
     # ---- save / summary ------------------------------------------------------------
-    def save(self, dest: str | os.PathLike[str] | IO[bytes], *, compress: bool = False) -> None:
+    def save(self, path: str | os.PathLike[str] | IO[bytes], *, compress: bool = False) -> None:
         """Write the model file (``.npz``, see ``docs/format.md``).
 
         Args:
-            dest: a path, or a binary file object open for writing (its
+            path: a path, or a binary file object open for writing (its
                 ``write`` receives the whole file; it is not closed).
             compress: deflate the archive members.
         """
         producer = dict(self._producer)
         producer["rnninfer"] = _version()
-        npz.write(dest, self._spec, dict(self._stored), producer, compress=compress)
+        npz.write(path, self._spec, dict(self._stored), producer, compress=compress)
 
     def to_bytes(self) -> bytes:
         """The model file's bytes (what :meth:`save` writes; :func:`load` reads them back)."""

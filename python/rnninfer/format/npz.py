@@ -63,7 +63,7 @@ def write(
     save = np.savez_compressed if compress else np.savez
     if not isinstance(dest, (str, os.PathLike)):
         if not callable(getattr(dest, "write", None)):
-            raise TypeError(f"dest must be a path or a binary file object, got {type(dest).__name__}")
+            raise TypeError(f"path must be a path or a binary file object, got {type(dest).__name__}")
         save(dest, **arrays)  # type: ignore[arg-type]
         return
     path = os.fspath(dest)
