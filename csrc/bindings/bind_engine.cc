@@ -97,13 +97,7 @@ class PyEngine {
       keep.push_back(std::move(a));
     }
     const KernelTable* table = isa.empty() ? nullptr : &kernels_for(isa);
-    {
-      // Packing (and a token model's projection table) is pure C++ over the
-      // raw pointers in `map`; `keep` holds the arrays until the guard ends
-      // and is not touched meanwhile. Other Python threads run during it.
-      py::gil_scoped_release nogil;
-      engine_ = std::make_unique<Engine>(std::move(d), map, threads, table);
-    }
+    engine_ = std::make_unique<Engine>(std::move(d), map, threads, table);
   }
 
   // One sequence as a plain list of Python ints, the commonest call: read
