@@ -386,7 +386,7 @@ def _load(src: ModelSource, *, threads: int | None, precision: str | None, isa: 
             f"file object, got {type(src).__name__}"
         )
     try:
-        checked, manifest = npz.read_bytes(data, source=source)
+        checked, manifest = npz.read_checked(data, source=source)
         return Model._from_checked(checked, producer=manifest.get("producer"), threads=threads,
                                    precision=precision, isa=isa)
     except ModelFormatError:

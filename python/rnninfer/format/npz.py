@@ -75,12 +75,11 @@ def write(
     os.replace(tmp, path)
 
 
-def read(path: str | os.PathLike[str]) -> tuple[CheckedModel, dict[str, Any]]:
+def read(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
     """Read and fully validate a model file.
 
     Returns:
-        ``(checked, manifest)``: the checked model (spec and read-only
-        tensors, see :mod:`rnninfer.format.checked`) and the manifest.
+        ``(spec, tensors, manifest)``: the tensors as stored (read-only).
 
     Raises:
         ModelFormatError: for anything wrong with the file, listing every
@@ -95,8 +94,26 @@ def read(path: str | os.PathLike[str]) -> tuple[CheckedModel, dict[str, Any]]:
     return read_bytes(data, source=src)
 
 
-def read_bytes(data: bytes, *, source: str = "<bytes>") -> tuple[CheckedModel, dict[str, Any]]:
+def read_bytes(
+    data: bytes, *, source: str = "<bytes>"
+) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
     """Like :func:`read`, from the bytes of a file."""
+    checked, manifest = read_checked(data, source=source)
+    return checked.spec, dict(checked.stored), manifest
+
+
+def read_checked(data: bytes, *, source: str = "<bytes>") -> tuple[CheckedModel, dict[str, Any]]:
+    """Read and fully validate a model file's bytes, once.
+
+    Returns:
+        ``(checked, manifest)``: the checked model (spec and read-only
+        tensors, see :mod:`rnninfer.format.checked`), which
+        :class:`rnninfer.Model` opens without checking again, and the manifest.
+
+    Raises:
+        ModelFormatError: for anything wrong with the file, listing every
+            problem found.
+    """
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ModelFormatError("not an .npz archive (no zip structure; truncated or not a model file)", source=source)
     try:
