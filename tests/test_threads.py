@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnninfer
+from rnninfer import _core
 from rnninfer.layers import GRU, LSTM, RNN, Dense, Embedding, Features, GlobalAveragePooling
 
 ARCHS = {
@@ -65,14 +66,14 @@ def test_split_plans_are_used_and_exact(arch, threads, precision, rng):
         # The first call of a fresh model (later calls may back off to other
         # plans if a barrier waited long on this shared machine; bits agree anyway).
         x = rng.integers(1, 50, size=70)
-        out, plan, _, _ = many._engine.trace_tokens(x[None, :], np.array([70], np.int32))
+        out, plan, _, _ = _core._testing.trace_tokens(many._engine, x[None, :], np.array([70], np.int32))
         assert plan["split"] == threads
         assert np.array_equal(out[0], one.predict(x))
         # Small ragged batches (fewer than 4 rows per thread) split too; rows
         # leave the batch mid-block.
         lengths = np.array([70, 65, 33, 16, 3, 1], np.int32)
         xb = rng.integers(1, 50, size=(6, 70))
-        out, plan, _, _ = many._engine.trace_tokens(xb, lengths)
+        out, plan, _, _ = _core._testing.trace_tokens(many._engine, xb, lengths)
         assert plan["split"] == threads
         assert np.array_equal(out, one.predict(xb, lengths=lengths))
     for T in (1, 5, 40, 130):
@@ -92,10 +93,10 @@ def test_split_calls_joined_late_are_exact(layers, rng):
     lengths = np.array([70, 52, 33, 3], np.int32)
     xb = rng.integers(1, 50, size=(4, 70))
     want = one.predict(xb, lengths=lengths)
-    _, plan, units, _ = two._engine.trace_tokens(xb, lengths)
+    _, plan, units, _ = _core._testing.trace_tokens(two._engine, xb, lengths)
     assert plan["split"] == 2
     for k in range(len(units) + 1):
-        out, plan, _, records = two._engine.trace_tokens(xb, lengths, min_alone_units=k)
+        out, plan, _, records = _core._testing.trace_tokens(two._engine, xb, lengths, min_alone_units=k)
         assert plan["split"] == 2
         # units run alone are timed (split units are not): at least the k forced ones
         assert len(records) >= k
@@ -174,12 +175,12 @@ def test_schedule_stats_count_every_call(arch, threads, batch, kinds, rng):
     one call, not one per shard)."""
     m = _model(ARCHS[arch], threads)
     xs = random_inputs(m, rng, batch, max_len=40)
-    before = m._engine._schedule_stats()
+    before = _core._testing.schedule_stats(m._engine)
     assert set(before) == {"calls", "one_thread", "shards", "wavefront", "split", "split_late", "split_alone",
                            "held_off", "backoffs"}
     for _ in range(5):
         m.predict(list(xs))
-    stats = {k: v - before[k] for k, v in m._engine._schedule_stats().items()}
+    stats = {k: v - before[k] for k, v in _core._testing.schedule_stats(m._engine).items()}
     assert stats["calls"] == 5, stats
     assert _plan_counts(stats) == 5, stats
     assert sum(stats[k] for k in kinds) == 5, stats
@@ -197,9 +198,9 @@ def test_uneven_batch_shards_are_exact(arch, threads, rng):
         xs = random_inputs(one, rng, batch, max_len=50, zero_frac=0.1)
         want = one.predict(list(xs))
         for speeds in skews:
-            many._engine._set_shard_speeds(speeds)
+            _core._testing.set_shard_speeds(many._engine, speeds)
             assert np.array_equal(many.predict(list(xs)), want), (batch, speeds)
-            after = many._engine._shard_speeds()
+            after = _core._testing.shard_speeds(many._engine)
             assert len(after) == threads
             assert all(1 / 1.35 - 1e-9 <= v <= 1.35 + 1e-9 for v in after)
 
@@ -211,9 +212,9 @@ def test_shard_speeds_follow_the_measured_speed(rng):
     two = _model(ARCHS["split128"], 2)
     x = rng.standard_normal((32, 40, 5)).astype(np.float32)
     for _ in range(5):
-        two._engine._set_shard_speeds([1.3, 0.7])
+        _core._testing.set_shard_speeds(two._engine, [1.3, 0.7])
         two.predict(x)
-        fast, slow = two._engine._shard_speeds()
+        fast, slow = _core._testing.shard_speeds(two._engine)
         if fast < 1.3 - 1e-6 and slow > 0.7 + 1e-6:
             return
     pytest.fail(f"estimates did not move toward equal speeds: {fast}, {slow}")
@@ -221,13 +222,13 @@ def test_shard_speeds_follow_the_measured_speed(rng):
 
 def test_shard_speed_hook_validated():
     one, two = _model(ARCHS["stack4"], 1), _model(ARCHS["stack4"], 2)
-    assert one._engine._shard_speeds() == []
-    assert two._engine._shard_speeds() == [1.0, 1.0]
+    assert _core._testing.shard_speeds(one._engine) == []
+    assert _core._testing.shard_speeds(two._engine) == [1.0, 1.0]
     for bad in ([1.0], [1.0, 0.0], [1.0, float("nan")], [1.0, float("inf")], [1.0, -2.0]):
         with pytest.raises(ValueError, match="shard speeds"):
-            two._engine._set_shard_speeds(bad)
-    two._engine._set_shard_speeds([3.0, 1.0])  # normalised to mean 1, then held within the skew bound
-    assert two._engine._shard_speeds() == pytest.approx([1.35, 1 / 1.35])
+            _core._testing.set_shard_speeds(two._engine, bad)
+    _core._testing.set_shard_speeds(two._engine, [3.0, 1.0])  # normalised to mean 1, then held within the skew bound
+    assert _core._testing.shard_speeds(two._engine) == pytest.approx([1.35, 1 / 1.35])
 
 
 def _split(lengths, speeds, min_rows):
@@ -392,3 +393,31 @@ def test_threads_option_validated():
     with pytest.raises(ValueError, match="threads"):
         _model(ARCHS["stack4"], 0)
     assert threading.active_count() >= 1
+
+
+def test_engine_construction_releases_the_gil():
+    """Packing and the token projection table run without the GIL: another
+    Python thread keeps running in the middle of a long construction."""
+    import time
+
+    model = rnninfer.build([Embedding(20000, 128), LSTM(256), Dense(1)], seed=0, threads=1)
+    desc, tensors = model.spec.to_json_dict(), dict(model.stored_tensors)
+    span: list[float] = []
+
+    def construct() -> None:
+        t0 = time.perf_counter()
+        _core.Engine(desc, tensors, 1, "")
+        span.extend([t0, time.perf_counter()])
+
+    ticks: list[float] = []
+    t = threading.Thread(target=construct)
+    t.start()
+    while t.is_alive():
+        ticks.append(time.perf_counter())
+    t.join()
+    start, end = span
+    # The middle half of the C++ construction (the Python part before and
+    # after it is short): the main thread ran bytecode in it.
+    lo, hi = start + 0.25 * (end - start), start + 0.75 * (end - start)
+    assert end - start > 0.005
+    assert any(lo <= x <= hi for x in ticks)

@@ -6,19 +6,16 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "bindings/py_engine.h"
 #include "cpu/cpu_features.h"
 #include "cpu/dispatch.h"
-#include "engine/engine.h"
 
 namespace py = pybind11;
 
 namespace rnninfer {
 namespace {
-
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-using TokenArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 template <typename T>
 T get(const py::dict& d, const char* key) {
@@ -66,190 +63,136 @@ ModelDesc parse_desc(const py::dict& d) {
   return m;
 }
 
-// Owns the engine plus nothing from Python: weights are copied into packed
-// buffers during construction, so the numpy arrays may be freed afterwards.
-class PyEngine {
- public:
-  PyEngine(const py::dict& desc, const py::dict& tensors, int threads, const std::string& isa) {
-    ModelDesc d = parse_desc(desc);
-    // Keep the converted arrays alive until packing is done. uint16 arrays
-    // are bf16 bit patterns and int8 arrays quantised weights (the Python
-    // side, rnninfer.format.precision, made them); anything else is float32.
-    std::vector<py::array> keep;
-    TensorMap map;
-    for (const auto& kv : tensors) {
-      const std::string name = kv.first.cast<std::string>();
-      py::array a;
-      TensorView v;
-      if (py::isinstance<py::array_t<uint16_t>>(kv.second)) {
-        a = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>::ensure(kv.second);
-        v.dtype = WType::kBf16;
-      } else if (py::isinstance<py::array_t<int8_t>>(kv.second)) {
-        a = py::array_t<int8_t, py::array::c_style | py::array::forcecast>::ensure(kv.second);
-        v.dtype = WType::kI8;
-      } else {
-        a = FloatArray::ensure(kv.second);
-      }
-      if (!a) throw std::invalid_argument("tensor '" + name + "' is not a float, bf16 or int8 array");
-      v.data = a.data();
-      for (py::ssize_t i = 0; i < a.ndim(); ++i) v.shape.push_back(a.shape(i));
-      map.emplace(name, std::move(v));
-      keep.push_back(std::move(a));
+}  // namespace
+
+PyEngine::PyEngine(const py::dict& desc, const py::dict& tensors, int threads, const std::string& isa) {
+  ModelDesc d = parse_desc(desc);
+  // Keep the converted arrays alive until packing is done. uint16 arrays
+  // are bf16 bit patterns and int8 arrays quantised weights (the Python
+  // side, rnninfer.format.precision, made them); anything else is float32.
+  std::vector<py::array> keep;
+  TensorMap map;
+  for (const auto& kv : tensors) {
+    const std::string name = kv.first.cast<std::string>();
+    py::array a;
+    TensorView v;
+    if (py::isinstance<py::array_t<uint16_t>>(kv.second)) {
+      a = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>::ensure(kv.second);
+      v.dtype = WType::kBf16;
+    } else if (py::isinstance<py::array_t<int8_t>>(kv.second)) {
+      a = py::array_t<int8_t, py::array::c_style | py::array::forcecast>::ensure(kv.second);
+      v.dtype = WType::kI8;
+    } else {
+      a = FloatArray::ensure(kv.second);
     }
-    const KernelTable* table = isa.empty() ? nullptr : &kernels_for(isa);
+    if (!a) throw std::invalid_argument("tensor '" + name + "' is not a float, bf16 or int8 array");
+    // Packing runs without the GIL, so another Python thread could write to
+    // a writeable array meanwhile: those are copied first. Read-only arrays
+    // (Model makes its tensors read-only) are read in place.
+    if (a.writeable() && a.ptr() == kv.second.ptr())
+      a = py::array(a.dtype(), std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()), a.data());
+    v.data = a.data();
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) v.shape.push_back(a.shape(i));
+    map.emplace(name, std::move(v));
+    keep.push_back(std::move(a));
+  }
+  const KernelTable* table = isa.empty() ? nullptr : &kernels_for(isa);
+  {
+    // Packing and the token projection table take long (143 ms for the
+    // headline model): other Python threads run meanwhile. Only `d`, `map`
+    // and the arrays `keep` holds (alive until after the guard) are read.
+    py::gil_scoped_release nogil;
     engine_ = std::make_unique<Engine>(std::move(d), map, threads, table);
   }
+}
 
-  // One sequence as a plain list of Python ints, the commonest call: read
-  // here without building a numpy array. Any other form (other element
-  // types, ids beyond int64, an empty list) returns None and the Python side
-  // (rnninfer/inputs.py), which owns every input message, takes the call.
-  // Ids are range-checked by the engine as it reads them.
-  py::object predict_list(const py::list& seq) const {
-    const py::ssize_t T = py::len(seq);
-    if (T == 0 || T > std::numeric_limits<int32_t>::max()) return py::none();
-    std::vector<int64_t> ids(static_cast<size_t>(T));
-    for (py::ssize_t t = 0; t < T; ++t) {
-      PyObject* o = PyList_GET_ITEM(seq.ptr(), t);
-      if (!PyLong_CheckExact(o)) return py::none();  // bool, numpy ints, floats, ...
-      int overflow = 0;
-      const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-      if (overflow != 0) return py::none();
-      ids[static_cast<size_t>(t)] = v;
-    }
-    const int32_t len = static_cast<int32_t>(T);
-    py::array_t<float> out = alloc_out(1, len, /*single=*/true);
-    float* op = out.mutable_data();
-    {
-      // Pure C++ from here: no Python object is touched until the guard ends.
-      py::gil_scoped_release nogil;
-      engine_->predict_tokens(ids.data(), 1, len, &len, op);
-    }
-    return std::move(out);
+// One sequence as a plain list of Python ints, the commonest call: read here
+// without building a numpy array. Any other form (other element types, ids
+// beyond int64, an empty list) returns None and the Python side
+// (rnninfer/inputs.py), which owns every input message, takes the call. Ids
+// are range-checked by the engine as it reads them.
+py::object PyEngine::predict_list(const py::list& seq) const {
+  const py::ssize_t T = py::len(seq);
+  if (T == 0 || T > std::numeric_limits<int32_t>::max()) return py::none();
+  std::vector<int64_t> ids(static_cast<size_t>(T));
+  for (py::ssize_t t = 0; t < T; ++t) {
+    PyObject* o = PyList_GET_ITEM(seq.ptr(), t);
+    if (!PyLong_CheckExact(o)) return py::none();  // bool, numpy ints, floats, ...
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow != 0) return py::none();
+    ids[static_cast<size_t>(t)] = v;
   }
-
-  // The one entry for everything else, in the form rnninfer/inputs.py makes:
-  // token ids (B, T) as int64 or features (B, T, F) as float32, valid steps
-  // first, and int32 lengths (B,) or None for full rows. What is checked
-  // here is the engine's contract (shapes; lengths and token ids are checked
-  // where they are read), for callers that bypass the Python side.
-  py::array_t<float> predict(const py::array& x, const py::object& lengths_obj) const {
-    const ModelDesc& d = engine_->desc();
-    TokenArray tokens;
-    FloatArray features;
-    py::array a;
-    if (d.tokens) {
-      a = tokens = TokenArray::ensure(x);
-      if (!tokens || tokens.ndim() != 2)
-        throw std::invalid_argument("tokens must be a 2-D (batch, steps) integer array");
-    } else {
-      a = features = FloatArray::ensure(x);
-      if (!features || features.ndim() != 3 || features.shape(2) != d.input_width)
-        throw std::invalid_argument("features must be a (batch, steps, " + std::to_string(d.input_width) +
-                                    ") float array");
-    }
-    if (a.shape(0) > std::numeric_limits<int>::max() || a.shape(1) > std::numeric_limits<int32_t>::max())
-      throw std::invalid_argument("input too large");
-    const int B = static_cast<int>(a.shape(0)), T = static_cast<int>(a.shape(1));
-    std::vector<int32_t> full;
-    IntArray lengths;
-    const int32_t* lp;
-    if (lengths_obj.is_none()) {
-      full.assign(static_cast<size_t>(B), T);
-      lp = full.data();
-    } else {
-      lengths = IntArray::ensure(lengths_obj);
-      if (!lengths) throw std::invalid_argument("lengths must be an integer array");
-      check_lengths(lengths, B);
-      lp = lengths.data();
-    }
-    py::array_t<float> out = alloc_out(B, T);
-    float* op = out.mutable_data();
-    {
-      // Pure C++ from here: no Python object is touched until the guard ends.
-      py::gil_scoped_release nogil;
-      if (d.tokens)
-        engine_->predict_tokens(tokens.data(), B, T, lp, op);
-      else
-        engine_->predict_features(features.data(), B, T, lp, op);
-    }
-    return out;
+  const int32_t len = static_cast<int32_t>(T);
+  py::array_t<float> out = alloc_out(1, len, /*single=*/true);
+  float* op = out.mutable_data();
+  {
+    // Pure C++ from here: no Python object is touched until the guard ends.
+    py::gil_scoped_release nogil;
+    engine_->predict_tokens(ids.data(), 1, len, &len, op);
   }
+  return std::move(out);
+}
 
-  // Runs a token batch and returns (output, units, records) describing what
-  // each unit did and when: for scheduler tests and the scaling benchmark.
-  py::tuple trace_tokens(const TokenArray& tokens, const IntArray& lengths, bool allow_split,
-                         int min_alone_units) const {
-    if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be a 2-D (batch, steps) array");
-    const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
+// The one entry for everything else, in the form rnninfer/inputs.py makes:
+// token ids (B, T) as int64 or features (B, T, F) as float32, valid steps
+// first, and int32 lengths (B,) or None for full rows. What is checked here
+// is the engine's contract (shapes; lengths and token ids are checked where
+// they are read), for callers that bypass the Python side.
+py::array_t<float> PyEngine::predict(const py::array& x, const py::object& lengths_obj) const {
+  const ModelDesc& d = engine_->desc();
+  TokenArray tokens;
+  FloatArray features;
+  py::array a;
+  if (d.tokens) {
+    a = tokens = TokenArray::ensure(x);
+    if (!tokens || tokens.ndim() != 2)
+      throw std::invalid_argument("tokens must be a 2-D (batch, steps) integer array");
+  } else {
+    a = features = FloatArray::ensure(x);
+    if (!features || features.ndim() != 3 || features.shape(2) != d.input_width)
+      throw std::invalid_argument("features must be a (batch, steps, " + std::to_string(d.input_width) +
+                                  ") float array");
+  }
+  if (a.shape(0) > std::numeric_limits<int>::max() || a.shape(1) > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("input too large");
+  const int B = static_cast<int>(a.shape(0)), T = static_cast<int>(a.shape(1));
+  std::vector<int32_t> full;
+  IntArray lengths;
+  const int32_t* lp;
+  if (lengths_obj.is_none()) {
+    full.assign(static_cast<size_t>(B), T);
+    lp = full.data();
+  } else {
+    lengths = IntArray::ensure(lengths_obj);
+    if (!lengths) throw std::invalid_argument("lengths must be an integer array");
     check_lengths(lengths, B);
-    py::array_t<float> out = alloc_out(B, T);
-    CallTrace trace;
-    trace.allow_split = allow_split;
-    trace.min_alone_units = min_alone_units;
-    const int64_t* tp = tokens.data();
-    const int32_t* lp = lengths.data();
-    float* op = out.mutable_data();
-    {
-      // Pure C++ from here: no Python object is touched until the guard ends.
-      py::gil_scoped_release nogil;
-      engine_->predict_tokens(tp, B, T, lp, op, &trace);
-    }
-    py::list units, records;
-    for (const Unit& u : trace.plan.units) {
-      py::dict d;
-      d["kind"] = u.kind == Unit::Kind::kFinish ? "finish"
-                  : u.kind == Unit::Kind::kProject ? "project"
-                                                   : "direction";
-      d["layer"] = u.layer;
-      d["dir"] = u.dir;
-      d["block"] = u.block;
-      d["shard"] = u.shard;
-      d["thread"] = u.thread;
-      d["deps"] = u.deps;
-      units.append(d);
-    }
-    for (const auto& r : trace.records) records.append(py::make_tuple(r.unit, r.thread, r.start_ns, r.end_ns));
-    py::dict plan;
-    plan["threads"] = trace.plan.threads;
-    plan["block_steps"] = trace.plan.block_steps;
-    plan["block_begin"] = trace.plan.block_begin;
-    plan["blocks"] = trace.plan.blocks;
-    plan["shards"] = trace.plan.shards();
-    plan["wavefront"] = trace.plan.wavefront;
-    plan["split"] = trace.plan.split;
-    return py::make_tuple(out, plan, units, records);
+    lp = lengths.data();
   }
-
-  std::string isa() const { return engine_->kernels().name; }
-  std::string recurrent_activations() const { return engine_->recurrent_activations(); }
-  int threads() const { return engine_->threads(); }
-  std::vector<double> shard_speeds() const { return engine_->shard_speeds(); }
-  void set_shard_speeds(const std::vector<double>& speeds) const { engine_->set_shard_speeds(speeds); }
-  py::dict schedule_stats() const {
-    const ScheduleStats stats = engine_->schedule_stats();
-    py::dict out;
-    for (int f = 0; f < ScheduleStats::kFields; ++f)
-      out[ScheduleStats::name(f)] = stats.counts[static_cast<size_t>(f)];
-    return out;
+  py::array_t<float> out = alloc_out(B, T);
+  float* op = out.mutable_data();
+  {
+    // Pure C++ from here: no Python object is touched until the guard ends.
+    py::gil_scoped_release nogil;
+    if (d.tokens)
+      engine_->predict_tokens(tokens.data(), B, T, lp, op);
+    else
+      engine_->predict_features(features.data(), B, T, lp, op);
   }
+  return out;
+}
 
- private:
-  static void check_lengths(const IntArray& lengths, int batch) {
-    if (lengths.ndim() != 1 || lengths.shape(0) != batch)
-      throw std::invalid_argument("lengths must have shape (" + std::to_string(batch) + ",)");
-  }
-  py::array_t<float> alloc_out(int B, int T, bool single = false) const {
-    const int ow = engine_->desc().output_width();
-    if (engine_->desc().readout == Readout::kSequence)
-      return single ? py::array_t<float>({T, ow}) : py::array_t<float>({B, T, ow});
-    return single ? py::array_t<float>(ow) : py::array_t<float>({B, ow});
-  }
+void PyEngine::check_lengths(const IntArray& lengths, int batch) {
+  if (lengths.ndim() != 1 || lengths.shape(0) != batch)
+    throw std::invalid_argument("lengths must have shape (" + std::to_string(batch) + ",)");
+}
 
-  std::unique_ptr<Engine> engine_;
-};
-
-}  // namespace
+py::array_t<float> PyEngine::alloc_out(int B, int T, bool single) const {
+  const int ow = engine_->desc().output_width();
+  if (engine_->desc().readout == Readout::kSequence)
+    return single ? py::array_t<float>({T, ow}) : py::array_t<float>({B, T, ow});
+  return single ? py::array_t<float>(ow) : py::array_t<float>({B, ow});
+}
 
 void register_engine(py::module_& m) {
   py::class_<PyEngine>(m, "Engine")
@@ -257,16 +200,18 @@ void register_engine(py::module_& m) {
            py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "")
       .def("predict", &PyEngine::predict, py::arg("x"), py::arg("lengths") = py::none())
       .def("predict_list", &PyEngine::predict_list, py::arg("tokens"))
-      .def("trace_tokens", &PyEngine::trace_tokens, py::arg("tokens"), py::arg("lengths"),
-           py::arg("allow_split") = true, py::arg("min_alone_units") = 0)
-      .def_property_readonly("isa", &PyEngine::isa)
-      .def_property_readonly("recurrent_activations", &PyEngine::recurrent_activations)
-      .def_property_readonly("threads", &PyEngine::threads)
-      // Tests only: the batch-shard speed estimates (a scheduling hint).
-      .def("_shard_speeds", &PyEngine::shard_speeds)
-      .def("_set_shard_speeds", &PyEngine::set_shard_speeds, py::arg("speeds"))
-      .def("_schedule_stats", &PyEngine::schedule_stats,
-           "How this model's calls ran since load (plan kinds, split back-offs): counts.");
+      .def_property_readonly("isa", [](const PyEngine& e) { return std::string(e.engine().kernels().name); })
+      .def_property_readonly("recurrent_activations",
+                             [](const PyEngine& e) { return std::string(e.engine().recurrent_activations()); })
+      .def_property_readonly("threads", [](const PyEngine& e) { return e.engine().threads(); })
+      .def_property_readonly(
+          "state_entries",
+          [](const PyEngine& e) {
+            py::list out;
+            for (const StateEntry& s : e.engine().state_entries()) out.append(py::make_tuple(s.name, s.offset, s.size));
+            return out;
+          },
+          "A stream's state, flat: (name, offset, size) per entry (empty when the model cannot stream).");
   m.def("active_isa", []() { return std::string(default_kernels().name); },
         "The ISA of the kernels chosen for this process (RNNINFER_ISA or the best available).");
   m.def("cpu_brand", []() { return cpu_features().brand; });

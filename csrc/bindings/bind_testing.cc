@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "bindings/py_engine.h"
 #include "cpu/cpu_features.h"
 #include "cpu/dispatch.h"
 #include "engine/model_desc.h"
@@ -14,6 +15,54 @@
 namespace py = pybind11;
 
 namespace rnninfer {
+namespace {
+
+// Runs a token batch and returns (output, units, records) describing what
+// each unit did and when: for scheduler tests and the scaling benchmark.
+py::tuple trace_tokens(const PyEngine& e, const TokenArray& tokens, const IntArray& lengths,
+                       bool allow_split, int min_alone_units) {
+  if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be a 2-D (batch, steps) array");
+  const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
+  PyEngine::check_lengths(lengths, B);
+  py::array_t<float> out = e.alloc_out(B, T);
+  CallTrace trace;
+  trace.allow_split = allow_split;
+  trace.min_alone_units = min_alone_units;
+  const int64_t* tp = tokens.data();
+  const int32_t* lp = lengths.data();
+  float* op = out.mutable_data();
+  {
+    // Pure C++ from here: no Python object is touched until the guard ends.
+    py::gil_scoped_release nogil;
+    e.engine().predict_tokens(tp, B, T, lp, op, &trace);
+  }
+  py::list units, records;
+  for (const Unit& u : trace.plan.units) {
+    py::dict d;
+    d["kind"] = u.kind == Unit::Kind::kFinish ? "finish"
+                : u.kind == Unit::Kind::kProject ? "project"
+                                                 : "direction";
+    d["layer"] = u.layer;
+    d["dir"] = u.dir;
+    d["block"] = u.block;
+    d["shard"] = u.shard;
+    d["thread"] = u.thread;
+    d["deps"] = u.deps;
+    units.append(d);
+  }
+  for (const auto& r : trace.records) records.append(py::make_tuple(r.unit, r.thread, r.start_ns, r.end_ns));
+  py::dict plan;
+  plan["threads"] = trace.plan.threads;
+  plan["block_steps"] = trace.plan.block_steps;
+  plan["block_begin"] = trace.plan.block_begin;
+  plan["blocks"] = trace.plan.blocks;
+  plan["shards"] = trace.plan.shards();
+  plan["wavefront"] = trace.plan.wavefront;
+  plan["split"] = trace.plan.split;
+  return py::make_tuple(out, plan, units, records);
+}
+
+}  // namespace
 
 void register_testing(py::module_& m) {
   py::module_ t = m.def_submodule("_testing", "kernel-level hooks for tests and benchmarks");
@@ -68,6 +117,27 @@ void register_testing(py::module_& m) {
       },
       py::arg("lengths"), py::arg("speeds"), py::arg("min_rows"),
       "Batch shard boundaries for sequence lengths (longest first) and per-shard speeds.");
+  // Hooks on one model's engine (the scheduling hints and counts never change
+  // a result; the public Engine does not carry them).
+  t.def("trace_tokens", &trace_tokens, py::arg("engine"), py::arg("tokens"), py::arg("lengths"),
+        py::arg("allow_split") = true, py::arg("min_alone_units") = 0,
+        "Run a token batch; (output, plan, units, records): what each unit did and when.");
+  t.def(
+      "shard_speeds", [](const PyEngine& e) { return e.engine().executor().shard_speeds(); },
+      py::arg("engine"), "The batch-shard speed estimates of the engine's threads (a scheduling hint).");
+  t.def(
+      "set_shard_speeds",
+      [](const PyEngine& e, const std::vector<double>& speeds) { e.engine().executor().set_shard_speeds(speeds); },
+      py::arg("engine"), py::arg("speeds"), "Set the batch-shard speed estimates (tests force uneven shards).");
+  t.def(
+      "schedule_stats",
+      [](const PyEngine& e) {
+        const ScheduleStats stats = e.engine().executor().schedule_stats();
+        py::dict out;
+        for (int f = 0; f < ScheduleStats::kFields; ++f) out[ScheduleStats::name(f)] = stats.counts[static_cast<size_t>(f)];
+        return out;
+      },
+      py::arg("engine"), "How the engine's calls ran since load (plan kinds, split back-offs): counts.");
   // The split back-off policy on a caller-supplied clock.
   py::class_<SplitBackoff>(t, "SplitBackoff")
       .def(py::init<>())

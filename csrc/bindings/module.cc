@@ -3,11 +3,13 @@
 
 namespace rnninfer {
 void register_engine(pybind11::module_& m);
+void register_stream(pybind11::module_& m);
 void register_testing(pybind11::module_& m);
 }  // namespace rnninfer
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rnninfer's C++ engine (internal; use the rnninfer package)";
   rnninfer::register_engine(m);
+  rnninfer::register_stream(m);
   rnninfer::register_testing(m);
 }

@@ -107,7 +107,7 @@ ThreadPool::~ThreadPool() {
   for (std::thread& t : workers_) t.join();
 }
 
-void ThreadPool::run(const std::function<void(int)>& fn) {
+void ThreadPool::run(FunctionRef<void(int)> fn) {
   if (workers_.empty()) {
     fn(0);
     return;
@@ -140,7 +140,7 @@ void ThreadPool::worker_main(int index) {
   uint64_t seen = 0;
   for (;;) {
     spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }, kWorkerSpin);
-    const std::function<void(int)>* job = nullptr;
+    const FunctionRef<void(int)>* job = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });

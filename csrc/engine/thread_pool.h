@@ -18,11 +18,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "engine/function_ref.h"
 
 namespace rnninfer {
 
@@ -44,7 +45,7 @@ class ThreadPool {
   // returns does not run its part at all, so fn must get all the work done
   // with whichever threads show up (the engine's threads claim work units;
   // the caller does what nobody claimed). The caller holds try_lock().
-  void run(const std::function<void(int)>& fn);
+  void run(FunctionRef<void(int)> fn);
 
  private:
   void worker_main(int index);
@@ -62,7 +63,7 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  const std::function<void(int)>* job_ = nullptr;
+  const FunctionRef<void(int)>* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> active_{0};  // workers inside the current job
   bool open_ = false;            // guarded by mu_: the current job may still be joined

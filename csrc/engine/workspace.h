@@ -8,7 +8,10 @@
 // always a prefix of the state rows.
 #pragma once
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "engine/aligned.h"
@@ -16,7 +19,10 @@
 
 namespace rnninfer {
 
+struct CallIO;
+
 struct Workspace {
+  const CallIO* io = nullptr;      // the call's outputs and stream states (layer_exec.h)
   int batch = 0;
   int steps = 0;                   // longest sequence
   int width = 0;                   // padded width of the caller's arrays
@@ -61,6 +67,17 @@ struct Workspace {
   std::vector<Scratch> scratch;     // [thread]
 
   AlignedBuffer head_a, head_b;     // readout and head activations
+  std::vector<double> pool_acc;     // mean/max readout: one row's running pool
+  std::vector<int> slot_free_after;  // assign_slots: per slot, the last layer using it
+
+  // Done/claimed flags of a multi-threaded call's units or shards.
+  std::unique_ptr<std::atomic<int>[]> flags;
+  std::size_t flag_count = 0;
+  void ensure_flags(std::size_t n) {
+    if (n <= flag_count) return;
+    flags.reset(new std::atomic<int>[n]);
+    flag_count = n;
+  }
 
   // Optional per-unit timing (benchmarks and scheduler tests only): when
   // non-null, each unit appends {unit index, thread, start ns, end ns}.

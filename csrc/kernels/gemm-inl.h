@@ -74,13 +74,68 @@ inline void tail(int rows, const typename wload::WeightOps<I, T>::E* panel, int 
   }
 }
 
+// R rows (the engine uses R = 1) over PG full panels at once. A panel alone gives R * NV
+// independent accumulators, each an FMA chain along K: with one row (a stream
+// fed one step, or a short block's last rows) that is two chains, which leave
+// the core waiting on FMA latency instead of streaming W (an LSTM(128) input
+// projection of one row ran at half the speed of the recurrent step over as
+// many bytes). PG panels side by side give PG times as many chains. Every
+// element still goes through acc = 0, fma along k = 0..K-1 in order, the same
+// epilogue: the bits are those of tile().
+template <Isa I, int NV, int R, int PG, WType T>
+inline void panel_group(const typename wload::WeightOps<I, T>::E* panel, std::size_t panel_stride,
+                        int K, const float* a, std::size_t lda, const float* bias, const float* scale,
+                        float* c, std::size_t ldc) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  using W = wload::WeightOps<I, T>;
+  constexpr int L = O::kLanes;
+  constexpr int NR = NV * L;
+  V acc[R][PG][NV];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < PG; ++g)
+      for (int v = 0; v < NV; ++v) acc[r][g][v] = O::zero();
+  for (int k = 0; k < K; ++k) {
+    V wv[PG][NV];
+    for (int g = 0; g < PG; ++g)
+      for (int v = 0; v < NV; ++v) wv[g][v] = W::load(panel + g * panel_stride + static_cast<std::size_t>(k) * NR + v * L);
+    for (int r = 0; r < R; ++r) {
+      const V av = O::set1(a[r * lda + k]);
+      for (int g = 0; g < PG; ++g)
+        for (int v = 0; v < NV; ++v) acc[r][g][v] = O::fma(av, wv[g][v], acc[r][g][v]);
+    }
+  }
+  for (int g = 0; g < PG; ++g)
+    for (int v = 0; v < NV; ++v) {
+      const int col = g * NR + v * L;
+      const V b = bias ? O::load(bias + col) : O::zero();
+      const V s = T == WType::kI8 ? O::load(scale + col) : O::zero();
+      for (int r = 0; r < R; ++r)
+        O::store(c + r * ldc + col, O::add(T == WType::kI8 ? O::mul(acc[r][g][v], s) : acc[r][g][v], b));
+    }
+}
+
+// Panels grouped for calls of one row (panel_group): 4 panels x NV vectors of
+// accumulators plus as many of weights still fit AVX2's 16 registers.
+constexpr int kPanelGroup = 4;
+
 template <Isa I, int NV, int MR, WType T>
 void gemm_typed(const PackedGemm& w, const float* a, std::size_t lda, int m, float* c,
                 std::size_t ldc) {
   constexpr int NR = NV * Ops<I>::kLanes;
   const int panels = (w.n + NR - 1) / NR;
   const auto* data = wload::WeightOps<I, T>::base(w);
-  for (int p = 0; p < panels; ++p) {
+  int p = 0;
+  if (m == 1) {
+    const std::size_t stride = static_cast<std::size_t>(w.k) * NR;
+    const int full = w.n / NR;  // panels without a column tail
+    for (; p + kPanelGroup <= full; p += kPanelGroup) {
+      const float* bias = w.bias ? w.bias + p * NR : nullptr;
+      const float* scale = T == WType::kI8 ? w.scale + p * NR : nullptr;
+      panel_group<I, NV, 1, kPanelGroup, T>(data + p * stride, stride, w.k, a, lda, bias, scale, c + p * NR, ldc);
+    }
+  }
+  for (; p < panels; ++p) {
     const auto* panel = data + static_cast<std::size_t>(p) * w.k * NR;
     const float* bias = w.bias ? w.bias + p * NR : nullptr;
     const float* scale = T == WType::kI8 ? w.scale + p * NR : nullptr;

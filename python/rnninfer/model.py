@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
-from typing import IO, Any, Union
+from typing import IO, TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .format.spec import DTYPE, count_params, expected_tensors
 from .inputs import ArrayLike, prepare
 from .threads import check_threads as _check_threads
 from .threads import default_threads
+
+if TYPE_CHECKING:
+    from .serving.stream import Stream
 
 PRECISIONS = prec.PRECISIONS
 
@@ -234,6 +237,42 @@ class Model:
         return p.finish(self._engine.predict(p.data, p.lengths), self._sequences)
 
     __call__ = predict
+
+    # ---- streams (rnninfer.serving.stream, imported lazily) ------------------------
+    def stream(self, state: Mapping[str, np.ndarray] | None = None) -> Stream:
+        """A stream of one sequence, fed a few steps at a time (``docs/serving.md``).
+
+        Args:
+            state: a state taken earlier from ``Stream.state`` (this or another
+                process, this or another copy of the model); ``None`` = the
+                initial (zero) state.
+
+        Raises:
+            ValueError: a layer reads backwards (bidirectional or
+                ``go_backwards``) or the readout pools; ``state`` has wrong
+                names, shapes, dtype or non-finite values (the entry is named).
+        """
+        from .serving.stream import Stream
+
+        return Stream(self, state)
+
+    def feed_many(self, streams: Sequence[Stream], xs: Sequence[ArrayLike]) -> list[np.ndarray]:
+        """Advance several streams of this model, each by its own input, in one engine call.
+
+        Args:
+            streams: streams of this model, each at most once.
+            xs: one input per stream, as ``Stream.feed`` takes it.
+
+        Returns:
+            Each stream's outputs, as its ``feed`` would return them.
+
+        Raises:
+            TypeError, ValueError: a bad input (named by its index), a stream
+                of another model or given twice; no stream advances then.
+        """
+        from .serving.stream import feed_many
+
+        return feed_many(self, streams, xs)
 
     # ---- save / summary ------------------------------------------------------------
     def save(self, path: str | os.PathLike[str] | IO[bytes], *, compress: bool = False) -> None:

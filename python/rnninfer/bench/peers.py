@@ -202,6 +202,7 @@ def prepare_rnninfer(spec: Any, tensors: Tensors, threads: int, precision: str =
                      isa: str | None = None) -> Prepared:
     """rnninfer's own engine, built from the canonical tensors, weights in ``precision``."""
     import rnninfer
+    from rnninfer import _core
     from rnninfer.model import Model
 
     model = Model(spec, dict(tensors), threads=threads, precision=precision, isa=isa)
@@ -210,7 +211,8 @@ def prepare_rnninfer(spec: Any, tensors: Tensors, threads: int, precision: str =
         return model.predict(x)
 
     return Prepared(run, f"rnninfer {rnninfer.__version__} ({model.isa}, {precision} weights, "
-                         f"{model.recurrent_activations} activations)", model._engine._schedule_stats)
+                         f"{model.recurrent_activations} activations)",
+                    lambda: _core._testing.schedule_stats(model._engine))
 
 
 def prepare_rnninfer_percore(spec: Any, tensors: Tensors, threads: int) -> Prepared:

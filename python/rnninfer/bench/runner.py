@@ -772,6 +772,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     suite.add_argument("--scheduler", dest="suite", action="store_const", const="scheduler",
                        help="the scheduler's targets: headline b1/b64, 4-layer T=128 b1, "
                             "bidirectional 2-layer b1 at T 32/128/512")
+    suite.add_argument("--serving", dest="suite", action="store_const", const="serving",
+                       help="streams fed token by token against PyTorch/ONNX Runtime step models "
+                            "(bench/streams.py; takes --threads, --rounds, --round-ms, --pause-ms, --out)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--steps", type=int, default=64, help="sequence length when timing a model file")
     p.add_argument("--batches", default="1,64", help="batch sizes when timing a model file")
@@ -820,6 +823,10 @@ def _round_trip_headline() -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed :func:`add_arguments` options."""
+    if args.suite == "serving":
+        from . import streams
+
+        return streams.main(args)
     threads = _ints(args.threads)
     engines = [e for e in args.engines.split(",") if e]
     common = {"engines": engines, "rounds": args.rounds, "round_ms": args.round_ms, "pause_ms": args.pause_ms,

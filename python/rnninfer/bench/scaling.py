@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from rnninfer import _core
+
 MODELS: dict[str, dict[str, Any]] = {
     "lstm256x2 (headline)": {"layers": 2, "bidirectional": False},
     "lstm256x4": {"layers": 4, "bidirectional": False},
@@ -49,7 +51,7 @@ def _trace(model: Any, x: np.ndarray, repeats: int) -> tuple[dict[str, Any], lis
     lengths = np.full(x.shape[0], x.shape[1], dtype=np.int32)
     # Split plans run every unit on all threads at once and are not traced
     # per unit: the projection is of the unit-graph (wavefront) plans.
-    runs = [model._engine.trace_tokens(x, lengths, allow_split=False) for _ in range(repeats)]
+    runs = [_core._testing.trace_tokens(model._engine, x, lengths, allow_split=False) for _ in range(repeats)]
     _, plan, units, _ = runs[0]
     return plan, units, [r[3] for r in runs]
 
