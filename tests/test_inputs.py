@@ -223,3 +223,18 @@ def test_keras_pad_sequences_parity(keras_models: dict[str, tuple[Any, Model]], 
             np.testing.assert_allclose(full[i, start:start + len(s)], whole[i, start:start + len(s)], atol=1e-5)
     else:
         np.testing.assert_allclose(full, whole, atol=1e-5)
+
+
+def test_check_token_range_names_the_callers_position() -> None:
+    from rnninfer.inputs import check_token_range, prepare
+
+    x = np.array([[0, 0, 3, 40], [1, 2, 3, 4]])
+    p = prepare(x, [2, 4], "post", tokens=True, width=0, vocab=30)
+    check_token_range(p.data, p.lengths, p.shift, 30)  # 40 sits past row 0's length
+    full = prepare(x, None, "post", tokens=True, width=0, vocab=30)
+    with pytest.raises(ValueError, match="token id 40 at sequence 0, step 3"):
+        check_token_range(full.data, full.lengths, full.shift, 30)
+    # A pre-padded row: the engine's layout, the caller's step in the message.
+    pre = prepare(x, [2, 4], "pre", tokens=True, width=0, vocab=50)
+    with pytest.raises(ValueError, match="token id 40 at sequence 0, step 3"):
+        check_token_range(pre.data, pre.lengths, pre.shift, 30)

@@ -10,7 +10,8 @@ here, one message per kind of error, each naming the argument. One check is
 left where the data is read: token ids are range-checked by the engine as it
 gathers embedding rows (only steps inside each length are read, so padding
 may hold anything), with the message :func:`token_range_message` also gives
-here for ids that do not fit in int64.
+here for ids that do not fit in int64 (and :func:`check_token_range` for
+callers that must check a request before merging it with others).
 
 The only other entry is the engine's fast path for the commonest call, one
 plain list of Python ints (``_core.Engine.predict_list``): it handles that
@@ -29,7 +30,7 @@ ArrayLike = Union[np.ndarray, Sequence[Any], Any]
 PADDINGS = ("post", "pre")
 _INT64_MAX = np.iinfo(np.int64).max
 
-__all__ = ["PADDINGS", "ArrayLike", "Prepared", "prepare", "token_range_message"]
+__all__ = ["PADDINGS", "ArrayLike", "Prepared", "check_token_range", "prepare", "token_range_message"]
 
 
 class Prepared(NamedTuple):
@@ -98,7 +99,7 @@ def prepare(
             idx[idx >= T] -= T
             data = data[np.arange(data.shape[0])[:, None], idx]
             if tokens:
-                _check_range_pre(data, lens, shift, vocab)
+                check_token_range(data, lens, shift, vocab)
         else:
             shift = None
     if not tokens:
@@ -245,15 +246,27 @@ def _check_uint64(arr: np.ndarray, lens: np.ndarray | None, vocab: int, seq: int
         raise ValueError(token_range_message(int(arr[b, t]), b + seq, t, vocab))
 
 
-def _check_range_pre(data: np.ndarray, lens: np.ndarray, shift: np.ndarray, vocab: int) -> None:
-    """Token range for pre-padded rows, checked here so the message gives the caller's step."""
-    if data.min() >= 0 and data.max() < vocab:
+def check_token_range(data: np.ndarray, lengths: np.ndarray | None, shift: np.ndarray | None,
+                      vocab: int) -> None:
+    """Range-check the ids of a prepared token batch before the engine reads them.
+
+    :func:`prepare` leaves this to the engine, except for pre-padded rows;
+    a caller that merges several requests into one engine call (a batcher)
+    checks each request with this first, so that one bad id fails only its
+    own request. The message gives the caller's sequence and step.
+
+    Raises:
+        ValueError: the first id outside ``[0, vocab)`` inside a row's length.
+    """
+    if data.size == 0 or (data.min() >= 0 and data.max() < vocab):
         return
-    inside = np.arange(data.shape[1])[None, :] < lens[:, None]
+    T = data.shape[1]
+    inside = np.ones(data.shape, bool) if lengths is None else np.arange(T)[None, :] < lengths[:, None]
     bad = np.argwhere(((data < 0) | (data >= vocab)) & inside)
     if bad.size:
         b, t = (int(v) for v in bad[0])
-        raise ValueError(token_range_message(int(data[b, t]), b, t + int(shift[b]), vocab))
+        step = t + (int(shift[b]) if shift is not None else 0)
+        raise ValueError(token_range_message(int(data[b, t]), b, step, vocab))
 
 
 # ---- features -------------------------------------------------------------------------
