@@ -5,12 +5,15 @@ Dense(1, sigmoid), seed 0, 1 thread), where the engine's work dominates, and
 a tiny one (Embedding(100, 4) -> LSTM(4) -> Dense(1)), where the call's
 Python and binding overhead does. Every case runs a fixed number of rounds
 and prints the minimum and median microseconds per call; the run is bounded
-(about 15 s on a quiet 2-core machine).
+(about 15 s on a quiet 2-core machine). For an A/B against another tree,
+run it once with ``PYTHONPATH=<that tree>/python`` and once with this one's,
+alternating a few times.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import timeit
 from collections.abc import Callable
 
@@ -46,8 +49,12 @@ def main() -> None:
         ("tiny ndarray T=4", lambda: tiny.predict(small), 2000),
         ("tiny ragged 2", lambda: tiny.predict([[1, 2], [3, 4, 5]]), 2000),
         ("tiny padded 2x4 + lengths", lambda: tiny.predict(padded, lengths=lengths), 2000),
-        ("tiny padded 2x4 + lengths, pre", lambda: tiny.predict(padded, lengths=lengths, padding="pre"), 2000),
     ]
+    # Also runs against older trees (PYTHONPATH=<old tree>/python) for an A/B
+    # in one session; those have no padding option.
+    if "padding" in inspect.signature(tiny.predict).parameters:
+        cases.append(("tiny padded 2x4 + lengths, pre",
+                      lambda: tiny.predict(padded, lengths=lengths, padding="pre"), 2000))
     print(f"isa {rnninfer.isa()}, headline threads {args.threads}")
     for name, f, number in cases:
         lo, med = _time(f, number, 9)
