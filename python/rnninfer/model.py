@@ -62,13 +62,17 @@ class Model:
         precision: str | None = None,
         isa: str | None = None,
     ) -> None:
-        """Validate ``spec`` and ``tensors`` and pack them for the engine.
+        """Check ``spec`` and ``tensors`` once and pack them for the engine.
+
+        The rules are :func:`rnninfer.format.checked.check_model`'s. The
+        tensors are copied, so the caller's arrays stay its own and no later
+        change to them reaches the model.
 
         Args:
             spec: the model description.
             tensors: canonical float32 tensors by name.
             producer: provenance stored in saved files.
-            threads: threads per call (``None`` = the cores this process may use).
+            threads: threads per call (``None``: the rule of :func:`load`).
             precision: weight precision of the packed engine weights:
                 ``"fp32"``, ``"bf16"`` or ``"int8"`` (``None`` = the precision
                 ``tensors`` are stored in; see ``docs/precision.md``).
