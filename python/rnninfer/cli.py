@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .converters.torch import READOUTS as TORCH_READOUTS
 from .errors import ModelFormatError
+from .format.manifest import ELEMENTWISE_ACTIVATIONS, HEAD_ACTIVATIONS
 from .format.precision import PRECISIONS
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -48,7 +50,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:
         model = from_torch(
             args.src,
-            readout=args.readout or "last",
+            readout=args.readout,
             head_activation=args.head_activation,
             hidden_activation=args.hidden_activation,
             nonlinearity=args.nonlinearity or "tanh",
@@ -110,6 +112,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from . import load
+
+    try:
+        from .serving import service
+    except ImportError as e:
+        raise SystemExit(f"rnninfer serve: {e}") from None
+    config = service.ServeConfig(
+        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout_s, max_tokens=args.max_tokens,
+        max_sequences=args.max_sequences, max_body_bytes=args.max_body_bytes,
+        max_streams=args.max_streams, stream_idle_s=args.stream_idle_s,
+    )
+    model = load(args.model, threads=args.threads, precision=args.precision)
+    service.serve(model, host=args.host, port=args.port, config=config,
+                  shutdown_timeout_s=args.shutdown_timeout_s)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rnninfer`` command."""
     from . import __version__
@@ -122,9 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", help=".keras/.h5 (Keras) or .pt/.pth/.safetensors (PyTorch)")
     c.add_argument("-o", "--output", required=True, help="output .npz path")
     c.add_argument("--from", dest="from_", choices=["keras", "torch"], help="source framework (default: by suffix)")
-    c.add_argument("--readout", choices=["last", "sequence"], help="torch: what the head reads")
-    c.add_argument("--head-activation", choices=["sigmoid", "softmax", "tanh", "relu"], help="torch")
-    c.add_argument("--hidden-activation", help="torch: activation between Linear head layers")
+    c.add_argument("--readout", choices=TORCH_READOUTS,
+                   help="torch: what the head reads (default: last); _backward_first/_sum/_mean: how "
+                        "a bidirectional top layer's directions are combined (docs/torch.md)")
+    c.add_argument("--head-activation", choices=("identity", *HEAD_ACTIVATIONS),
+                   help="torch: what forward applies after the last Linear (a checkpoint cannot show it)")
+    c.add_argument("--hidden-activation", choices=("identity", *ELEMENTWISE_ACTIVATIONS),
+                   help="torch: activation between Linear head layers")
     c.add_argument("--nonlinearity", choices=["tanh", "relu"], help="torch: nn.RNN activation for state dicts")
     c.add_argument("--compress", action="store_true", help="deflate the archive")
     c.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -156,6 +181,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("serve", help="serve a model over HTTP with micro-batching (extra 'serve'; docs/serving.md)")
+    s.add_argument("model")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--threads", type=int, default=None, help="engine threads per call (default: the cores)")
+    s.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="weight precision to run with (default: what the file stores)")
+    s.add_argument("--max-batch", type=int, default=64, help="most sequences per engine call (default 64)")
+    s.add_argument("--max-delay-ms", type=float, default=1.0,
+                   help="longest wait for more requests after a call (default 1.0)")
+    s.add_argument("--max-queue", type=int, default=1024, help="most waiting requests; beyond: 503 (default 1024)")
+    s.add_argument("--queue-timeout-s", type=float, default=30.0,
+                   help="a request not started within this answers 503 (default 30)")
+    s.add_argument("--max-tokens", type=int, default=65536, help="most steps per request; beyond: 413 (default 65536)")
+    s.add_argument("--max-sequences", type=int, default=1024,
+                   help="most sequences per request; beyond: 413 (default 1024)")
+    s.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                   help="largest request body; beyond: 413 (default 8 MiB)")
+    s.add_argument("--max-streams", type=int, default=10000,
+                   help="most live stream sessions; beyond: 503 (default 10000)")
+    s.add_argument("--stream-idle-s", type=float, default=300.0,
+                   help="close a stream not fed for this long (default 300)")
+    s.add_argument("--shutdown-timeout-s", type=float, default=30.0,
+                   help="on SIGTERM, how long in-flight requests may take to finish (default 30)")
+    s.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -21,7 +21,7 @@ from .errors import ModelFormatError
 from .format import npz
 from .format import precision as prec
 from .format.checked import CheckedModel, check_model
-from .format.manifest import ModelSpec
+from .format.manifest import GATES, ModelSpec, RecurrentSpec
 from .format.spec import DTYPE, count_params, expected_tensors
 from .inputs import ArrayLike, prepare
 from .threads import check_threads as _check_threads
@@ -37,6 +37,21 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _folded_bias(layer: RecurrentSpec, producer: Mapping[str, Any]) -> int:
+    """Params the canonical layout has but the source framework does not count.
+
+    Keras keeps one bias vector per LSTM, SimpleRNN and GRU(reset_after=False)
+    direction; the canonical layout (PyTorch's) stores a second, zero one. So
+    that ``summary()`` shows the count the user knows, it is left out for
+    Keras models.
+    """
+    if producer.get("framework") != "keras" or not layer.bias:
+        return 0
+    if layer.cell == "gru" and layer.reset_after:
+        return 0
+    return GATES[layer.cell] * layer.units * layer.num_directions
 
 
 def _check_precision(precision: str | None) -> str | None:
@@ -321,6 +336,7 @@ class Model:
             rows.append((f"Features{extra}", str(inp.features), "-", "0", seq.format(inp.features)))
         for i, layer in enumerate(spec.layers):
             n = sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith(f"layers.{i}."))
+            n -= _folded_bias(layer, self._producer)
             kind = layer.cell.upper()
             opts = []
             if layer.cell == "gru":
@@ -353,7 +369,9 @@ class Model:
         line = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [f"Model {spec.name!r}", line.format(*header), line.format(*("-" * w for w in widths))]
         out += [line.format(*r) for r in rows]
-        out.append(f"total params: {count_params(spec)}")
+        total = count_params(spec) - sum(_folded_bias(x, self._producer) for x in spec.layers)
+        counted = self._producer.get("framework")
+        out.append(f"total params: {total}" + (f" (counted as {counted} counts them)" if counted else ""))
         prod = self._producer
         src = ", ".join(f"{k}={v}" for k, v in prod.items() if k != "notes")
         out.append(f"from: {src}")

@@ -30,9 +30,9 @@ keras = framework("keras")
 framework("tensorflow")
 
 import rnninfer
-from rnninfer.converters.base import finish
 from rnninfer.converters.keras import convert_keras
 from rnninfer.errors import ModelFormatError
+from rnninfer.model import Model
 from rnninfer.reference import run_sequence
 
 # Keras/TensorFlow themselves emit these under NumPy 2; they are not ours to fix.
@@ -70,7 +70,7 @@ def _ref_predict(conv: Converted, x: Any, lengths: Sequence[int] | None = None) 
 def predict(conv: Converted, x: Any, lengths: Sequence[int] | None = None) -> np.ndarray:
     """``Model.predict`` on the converted model, checked against the float64 reference too."""
     want = _ref_predict(conv, x, lengths)
-    model = finish(*conv)
+    model = Model(conv[0], conv[1], producer=conv[2])
     got = model.predict(x, lengths=None if lengths is None else np.asarray(lengths))
     np.testing.assert_allclose(got, want, atol=TOL, err_msg="engine disagrees with the reference")
     return np.asarray(got)

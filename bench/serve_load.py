@@ -1,0 +1,493 @@
+"""Load benchmark of the serving half: the Batcher in process, and `rnninfer serve` over HTTP.
+
+Same run, same machine, same threads, the headline model (SPEC §6) with single
+T=64 sequences per request:
+
+* In process: 64 client threads through one ``rnninfer.Batcher`` vs the same
+  64 threads calling ``model.predict`` directly, against the batch-64 ceiling
+  (64 ÷ the median ``predict`` of 64 sequences).
+* Over HTTP (loopback only): ``rnninfer serve`` with batching, the same with
+  ``--max-batch 1``, and a reference service written the way a PyTorch user
+  would (bench/serve_reference_torch.py: FastAPI + the same model in
+  PyTorch). Closed-loop clients (each sends, waits, sends again) and
+  open-loop clients (Poisson arrivals at a fraction of that server's
+  closed-loop throughput, latency counted from the scheduled arrival, so a
+  queue that builds up is seen) at concurrency 1, 8 and 64. The load
+  generator runs in its own process (this script with ``--client``), on raw
+  HTTP/1.1 keep-alive connections to keep its own cost low; it shares the
+  machine's cores with the server, as on any one-box test.
+
+Everything is bounded (``--duration`` seconds per point, ``--max-requests``
+per point, a hard timeout on every subprocess) and stops by itself.
+
+    python bench/serve_load.py --duration 1 --threads 2              # a short check, writes nothing
+    python bench/serve_load.py --out bench/results/serve_load         # the full run: .json .md .png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CONCURRENCY = (1, 8, 64)
+
+
+# ---- the load generator (runs in its own process) -----------------------------------------------
+async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(host, port)
+
+
+async def _call(r: asyncio.StreamReader, w: asyncio.StreamWriter, req: bytes) -> int:
+    w.write(req)
+    head = await r.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    low = head.lower()
+    i = low.find(b"content-length:")
+    n = int(low[i + 15: low.find(b"\r\n", i)]) if i >= 0 else 0
+    await r.readexactly(n)
+    return status
+
+
+async def _client(spec: dict[str, Any]) -> dict[str, Any]:
+    host, port = spec["host"], spec["port"]
+    bodies = [b.encode() for b in json.loads(Path(spec["bodies"]).read_text())]
+    reqs = [(f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    conc, duration, warmup = spec["concurrency"], spec["duration"], spec["warmup"]
+    max_requests, rate = spec["max_requests"], spec["rate"]
+    conns = [await _open(host, port) for _ in range(conc)]
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    counter = [0]
+    t0 = time.perf_counter()
+    t_warm, t_end = t0 + warmup, t0 + warmup + duration
+
+    last = [t_warm]
+
+    def record(start: float, done: float, status: int) -> None:
+        # Requests started in the window count, answered whenever; throughput runs to the last answer.
+        if start >= t_warm:
+            statuses[status] = statuses.get(status, 0) + 1
+            last[0] = max(last[0], done)
+            if status == 200:
+                lat.append(done - start)
+
+    if rate <= 0:  # closed loop
+        async def worker(k: int) -> None:
+            r, w = conns[k]
+            i = k
+            while counter[0] < max_requests:
+                start = time.perf_counter()
+                # Past the window, go on (up to drain s) until 2 answers per connection were
+                # measured: a slow server must not leave the point empty.
+                if start >= t_end and (len(lat) >= 2 * conc or start >= t_end + spec["drain"]):
+                    return
+                status = await _call(r, w, reqs[i % len(reqs)])
+                counter[0] += 1
+                record(start, time.perf_counter(), status)
+                i += conc
+
+        await asyncio.gather(*(worker(k) for k in range(conc)))
+    else:  # open loop: Poisson arrivals, latency from the scheduled time
+        queue: asyncio.Queue[tuple[float, int] | None] = asyncio.Queue()
+        rng = random.Random(1)
+
+        async def producer() -> None:
+            t, i = t0, 0
+            while i < max_requests:
+                t += rng.expovariate(rate)
+                if t >= t_end:
+                    break
+                delay = t - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                queue.put_nowait((t, i))
+                i += 1
+            for _ in range(conc):
+                queue.put_nowait(None)
+
+        async def worker(k: int) -> None:
+            r, w = conns[k]
+            while (item := await queue.get()) is not None:
+                scheduled, i = item
+                status = await _call(r, w, reqs[i % len(reqs)])
+                record(scheduled, time.perf_counter(), status)  # latency from the scheduled arrival
+
+        try:
+            await asyncio.wait_for(asyncio.gather(producer(), *(worker(k) for k in range(conc))),
+                                   warmup + duration + spec["drain"])
+        except asyncio.TimeoutError:
+            statuses[-1] = queue.qsize()  # never sent: the server fell too far behind
+    for _, w in conns:
+        w.close()
+    a = np.asarray(lat) * 1e3
+    return {
+        "concurrency": conc, "mode": "open" if rate > 0 else "closed", "offered_rps": rate or None,
+        "throughput_rps": float(len(lat) / max(last[0] - t_warm, duration)), "ok": len(lat), "statuses": statuses,
+        "p50_ms": float(np.percentile(a, 50)) if a.size else None,
+        "p99_ms": float(np.percentile(a, 99)) if a.size else None,
+    }
+
+
+def client_main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(json.dumps(asyncio.run(_client(spec))), flush=True)
+
+
+# ---- servers ---------------------------------------------------------------------------------
+class _Server:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 120)
+        line = self.proc.stdout.readline() if ready else ""
+        if "listening on" not in line:
+            self.stop()
+            self.log.seek(0)
+            raise RuntimeError(f"{name} did not start: {line!r}\n{self.log.read()[-3000:]}")
+        url = line.rsplit(" ", 1)[-1].strip()
+        self.host, self.port = url.split("//")[1].rsplit(":", 1)[0], int(url.rsplit(":", 1)[1])
+        self.url = url
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self.log.close()
+
+
+def _post(url: str, body: str) -> Any:
+    import urllib.request
+
+    req = urllib.request.Request(url + "/v1/predict", data=body.encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    from rnninfer.bench.peers import thread_env
+
+    env = dict(os.environ)
+    env.update(thread_env(threads))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent / "python"), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    points = []
+    for c in args.concurrency:
+        for mode in ("closed", "open"):
+            rate = 0.0
+            if mode == "open":
+                closed = next(p for p in points if p["concurrency"] == c and p["mode"] == "closed")
+                rate = args.open_fraction * closed["throughput_rps"]
+                if rate <= 0:
+                    continue
+            spec = {"host": server.host, "port": server.port, "bodies": str(bodies_path), "concurrency": c,
+                    "duration": args.duration, "warmup": args.warmup, "max_requests": args.max_requests,
+                    "rate": rate, "drain": 10.0}
+            r = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True,
+                               text=True, timeout=args.warmup + args.duration + 60, check=False,
+                               env=_thread_env(1))
+            if r.returncode != 0:
+                raise RuntimeError(f"load client failed: {r.stderr[-2000:]}")
+            point = json.loads(r.stdout.strip().splitlines()[-1])
+            point["server"] = server.name
+            points.append(point)
+            print(f"  {server.name:<28} {mode:<6} c={c:<3} {point['throughput_rps']:8.0f} req/s  "
+                  f"p50 {point['p50_ms'] or float('nan'):7.2f} ms  p99 {point['p99_ms'] or float('nan'):7.2f} ms"
+                  f"  {point['statuses']}", flush=True)
+    return points
+
+
+# ---- in process ------------------------------------------------------------------------------
+def _in_process(model: Any, seqs: list[np.ndarray], args: argparse.Namespace) -> dict[str, Any]:
+    import rnninfer
+
+    batch = np.stack(seqs[:64])
+    for _ in range(3):
+        model.predict(batch)
+        model.predict(seqs[0])
+
+    def ceiling() -> dict[str, float]:
+        ts = []
+        end = time.perf_counter() + args.duration
+        while time.perf_counter() < end or len(ts) < 5:
+            t = time.perf_counter()
+            model.predict(batch)
+            ts.append(time.perf_counter() - t)
+        med = float(np.median(ts))
+        return {"median_batch64_ms": med * 1e3, "seqs_per_s": 64 / med}
+
+    def single() -> float:
+        ts = []
+        end = time.perf_counter() + min(args.duration, 1.0)
+        while time.perf_counter() < end or len(ts) < 5:
+            t = time.perf_counter()
+            model.predict(seqs[len(ts) % len(seqs)])
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts)) * 1e3
+
+    def clients(call: Any, n: int = 64) -> dict[str, float]:
+        lat: list[list[float]] = [[] for _ in range(n)]
+        barrier = threading.Barrier(n + 1)
+        t_warm = [0.0]
+        stop = threading.Event()
+
+        def run(k: int) -> None:
+            mine = lat[k]
+            i = k
+            barrier.wait()
+            while not stop.is_set():
+                t = time.perf_counter()
+                call(seqs[i % len(seqs)])
+                done = time.perf_counter()
+                if t >= t_warm[0]:
+                    mine.append(done - t)
+                i += n
+
+        ths = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(n)]
+        for t in ths:
+            t.start()
+        t_warm[0] = time.perf_counter() + args.warmup
+        barrier.wait()
+        time.sleep(args.warmup + args.duration)
+        stop.set()
+        for t in ths:
+            t.join(60)
+        a = np.concatenate([np.asarray(x) for x in lat]) * 1e3
+        return {"seqs_per_s": a.size / args.duration, "p50_ms": float(np.percentile(a, 50)),
+                "p99_ms": float(np.percentile(a, 99))}
+
+    first = ceiling()
+    predict_1 = single()
+    direct = clients(model.predict)
+    with rnninfer.Batcher(model, max_batch=64, max_delay_ms=args.max_delay_ms) as b:
+        batched = clients(b.predict)
+        stats = b.stats()
+    second = ceiling()
+    med = float(np.median([first["median_batch64_ms"], second["median_batch64_ms"]]))
+    ceil = 64 / (med / 1e3)
+    return {
+        "threads": model.threads, "ceiling_seqs_per_s": ceil, "median_batch64_ms": med,
+        "median_predict1_ms": predict_1, "direct": direct, "batcher": batched,
+        "batcher_stats": {k: stats[k] for k in ("engine_calls", "mean_batch", "queue_wait", "call_latency")},
+        "batcher_vs_ceiling": batched["seqs_per_s"] / ceil,
+        "batcher_vs_direct": batched["seqs_per_s"] / direct["seqs_per_s"],
+        "p99_bound_ms": args.max_delay_ms + 2 * stats["call_latency"]["p50_ms"],
+    }
+
+
+# ---- report ----------------------------------------------------------------------------------
+def _fmt(v: Any, f: str = ".2f") -> str:
+    return "-" if v is None else format(v, f)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    ip = res["in_process"]
+    lines = [
+        "# Serving load benchmark",
+        "",
+        (f"{res['machine']}; headline model (Embedding(20000, 128) → 2 × LSTM(256) → Dense(1, sigmoid)), "
+        f"one T={res['T']} sequence per request, {res['threads']} engine threads, "
+        f"{res['duration']} s per point after {res['warmup']} s warm-up; `python bench/serve_load.py "
+        f"{res['argv']}`."),
+        "",
+        "## In process: 64 client threads",
+        "",
+        "| | sequences/s | p50 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: |",
+        (f"| batch-64 ceiling (64 ÷ median predict of 64 = {ip['median_batch64_ms']:.2f} ms) | "
+        f"{ip['ceiling_seqs_per_s']:.0f} | | |"),
+        (f"| `Batcher.predict` (max_delay_ms={res['max_delay_ms']}) | {ip['batcher']['seqs_per_s']:.0f} | "
+        f"{ip['batcher']['p50_ms']:.2f} | {ip['batcher']['p99_ms']:.2f} |"),
+        (f"| `model.predict` directly | {ip['direct']['seqs_per_s']:.0f} | {ip['direct']['p50_ms']:.2f} | "
+        f"{ip['direct']['p99_ms']:.2f} |"),
+        "",
+        (f"Batcher: {ip['batcher_vs_ceiling']:.0%} of the ceiling (target ≥ 85 %), "
+        f"{ip['batcher_vs_direct']:.1f}× the direct calls; p99 {ip['batcher']['p99_ms']:.2f} ms vs the bound "
+        f"max_delay_ms + 2 × one batch call = {ip['p99_bound_ms']:.2f} ms; "
+        f"mean batch {ip['batcher_stats']['mean_batch']:.1f}. One `predict` of one sequence: "
+        f"{ip['median_predict1_ms']:.3f} ms (median)."),
+        "",
+        "## Over HTTP (loopback)",
+        "",
+        "| server | clients | concurrency | offered req/s | req/s | p50 ms | p99 ms | non-200 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for p in res["http"]:
+        bad = sum(v for k, v in p["statuses"].items() if str(k) != "200")
+        lines.append(f"| {p['server']} | {p['mode']} | {p['concurrency']} | {_fmt(p['offered_rps'], '.0f')} | "
+                     f"{p['throughput_rps']:.0f} | {_fmt(p['p50_ms'])} | {_fmt(p['p99_ms'])} | {bad} |")
+    s = res["summary"]
+    lines += [
+        "",
+        (f"At concurrency 64 (closed loop): rnninfer serve {_fmt(s.get('speedup_vs_torch_c64'), '.1f')}× the "
+        f"PyTorch service's throughput (target ≥ 3×), p99 {_fmt(s.get('p99_rnninfer_c64'))} ms vs "
+        f"{_fmt(s.get('p99_torch_c64'))} ms. At concurrency 1 the service adds "
+        f"{_fmt(s.get('overhead_c1_us'), '.0f')} µs p50 over `predict` itself (target ≤ 250 µs; the load "
+        "generator shares the cores)."),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, mode in zip(axes, ("closed", "open")):
+        for name in dict.fromkeys(p["server"] for p in res["http"]):
+            pts = [p for p in res["http"] if p["server"] == name and p["mode"] == mode and p["p50_ms"]]
+            if not pts:
+                continue
+            x = [p["throughput_rps"] for p in pts]
+            line, = ax.plot(x, [p["p99_ms"] for p in pts], marker="o", label=f"{name} p99")
+            ax.plot(x, [p["p50_ms"] for p in pts], marker="x", ls="--", color=line.get_color(),
+                    label=f"{name} p50")
+            for p in pts:
+                ax.annotate(f"c={p['concurrency']}", (p["throughput_rps"], p["p99_ms"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("throughput (requests/s)")
+        ax.set_title(f"{mode}-loop clients")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("latency (ms)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"HTTP serving, headline model, T={res['T']}, {res['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# ---- main ------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--client", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=2, help="engine threads of every server (default 2)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds measured per point (default 3)")
+    p.add_argument("--warmup", type=float, default=0.5, help="seconds before each point (default 0.5)")
+    p.add_argument("--max-requests", type=int, default=50000, help="most requests per point")
+    p.add_argument("--concurrency", type=lambda s: [int(v) for v in s.split(",")], default=list(CONCURRENCY))
+    p.add_argument("--open-fraction", type=float, default=0.8,
+                   help="open-loop offered rate, as a fraction of the same server's closed-loop rate")
+    p.add_argument("--max-delay-ms", type=float, default=1.0)
+    p.add_argument("--T", type=int, default=64, help="sequence length (default 64)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference service")
+    p.add_argument("--in-process-only", action="store_true", help="skip the HTTP part")
+    p.add_argument("--out", help="write PREFIX.json, PREFIX.md, PREFIX.png (default: print only)")
+    args = p.parse_args(argv)
+    if args.client:
+        client_main(args.client)
+        return 0
+
+    import dataclasses
+
+    import rnninfer
+    from rnninfer.bench import cases, machine
+
+    case = dataclasses.replace(cases.HEADLINE_MODEL, T=args.T, threads=args.threads)
+    rng = np.random.default_rng(0)
+    model = rnninfer.build(case.layer_list(), seed=0, name=case.model_label, threads=args.threads)
+    seqs = [rng.integers(0, case.vocab, size=args.T) for _ in range(256)]
+    cpu = machine.cpu_info()
+    res: dict[str, Any] = {
+        "machine": f"{cpu.get('model_name', '?')}, {cpu.get('usable_cpus')} usable CPUs, isa {rnninfer.isa()}",
+        "versions": machine.versions(), "threads": args.threads, "T": args.T, "duration": args.duration,
+        "warmup": args.warmup, "max_delay_ms": args.max_delay_ms, "case": case.to_dict(),
+        "argv": " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    print("in process: ceiling, 64 threads direct, 64 threads through the Batcher", flush=True)
+    res["in_process"] = _in_process(model, seqs, args)
+    print(json.dumps(res["in_process"], indent=1), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "headline.npz"
+        model.save(path)
+        bodies = Path(tmp) / "bodies.json"
+        bodies.write_text(json.dumps([json.dumps({"inputs": s.tolist()}) for s in seqs]))
+        env = _thread_env(args.threads)
+        serve = [sys.executable, "-m", "rnninfer", "serve", str(path), "--port", "0", "--threads",
+                 str(args.threads), "--max-delay-ms", str(args.max_delay_ms)]
+        servers = [("rnninfer serve", serve), ("rnninfer serve --max-batch 1", [*serve, "--max-batch", "1"])]
+        if not args.no_torch:
+            servers.append(("PyTorch + FastAPI", [sys.executable, str(HERE / "serve_reference_torch.py"),
+                                                  str(path), "--port", "0", "--threads", str(args.threads)]))
+        res["http"] = []
+        if args.in_process_only:
+            servers = []
+        expected = [model.predict(s) for s in seqs[:8]]
+        for name, cmd in servers:
+            server = _Server(name, cmd, env)
+            try:
+                for s, e in zip(seqs[:8], expected):  # a wrong server is never timed
+                    got = np.asarray(_post(server.url, json.dumps({"inputs": s.tolist()}))["outputs"],
+                                     dtype=np.float32)
+                    exact = name.startswith("rnninfer")
+                    ok = np.array_equal(got, e) if exact else np.allclose(got, e, atol=1e-5, rtol=0)
+                    if not ok:
+                        raise AssertionError(f"{name} answers {got} where predict gives {e}")
+                res["http"] += _measure_server(server, bodies, args)
+            finally:
+                server.stop()
+
+    def point(server: str, c: int) -> dict[str, Any] | None:
+        return next((q for q in res["http"] if q["server"] == server and q["concurrency"] == c
+                     and q["mode"] == "closed"), None)
+
+    ours, torch_, one = point("rnninfer serve", 64), point("PyTorch + FastAPI", 64), point("rnninfer serve", 1)
+    summary: dict[str, Any] = {}
+    if ours and torch_ and torch_["throughput_rps"] > 0:
+        summary["speedup_vs_torch_c64"] = ours["throughput_rps"] / torch_["throughput_rps"]
+        summary["p99_rnninfer_c64"], summary["p99_torch_c64"] = ours["p99_ms"], torch_["p99_ms"]
+    if one and one["p50_ms"]:
+        summary["overhead_c1_us"] = (one["p50_ms"] - res["in_process"]["median_predict1_ms"]) * 1e3
+    res["summary"] = summary
+    md = markdown(res)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+        out.with_suffix(".md").write_text(md)
+        if plot(res, out.with_suffix(".png")):
+            print(f"wrote {out}.json, .md, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

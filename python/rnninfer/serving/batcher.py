@@ -1,0 +1,633 @@
+"""Micro-batching: concurrent callers' requests gathered into one engine call.
+
+A :class:`Batcher` owns one dispatcher thread. Callers (any thread, or asyncio
+tasks) validate their own request, queue it and wait; the dispatcher takes what
+is queued, runs it as one ragged ``predict`` (or ``feed_many``) call and hands
+each caller its own slice of the result.
+
+Why batching never changes an answer here: the engine gives every sequence of a
+ragged batch the bits it would get alone (SPEC §2), whatever the batch's width
+or composition, so a request's slice of the merged output *is* what
+``model.predict`` gives for that request alone.
+
+When to dispatch: at once when the engine is idle; requests that arrive
+while a call runs are queued for the next one. Right after a call, the
+callers it answered usually come straight back; waiting for them saves one
+engine call's fixed cost but idles the engine meanwhile, so the dispatcher
+waits for about as many sequences as that call ran only while the wait is
+shorter than that fixed cost (fitted from recent calls' times against their
+sizes) and never longer than ``max_delay_ms``. A request therefore waits at
+most for the call in flight, plus ``max_delay_ms``, plus its own call.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..inputs import ArrayLike, Prepared, check_token_range, prepare
+from ..model import Model
+
+if TYPE_CHECKING:
+    import asyncio
+
+#: Samples kept for the latency percentiles of :meth:`Batcher.stats`.
+_SAMPLES = 8192
+#: Recent calls the fixed-cost estimate is fitted to, and how often it is refitted.
+_FIT_SAMPLES = 256
+_FIT_EVERY = 32
+
+_QUEUED, _STARTED, _DONE, _DROPPED = range(4)
+
+
+class Overloaded(RuntimeError):
+    """The :class:`Batcher`'s queue is full; the request was refused without waiting.
+
+    A service answers it with 503 (retry later); nothing of the request ran.
+    """
+
+
+class _Request:
+    """One caller's request: its validated input, how to cut its answer out, how to deliver it."""
+
+    __slots__ = ("data", "error", "future", "kind", "lens", "lock", "loop", "n", "prepared", "result",
+                 "state", "stream", "t_enqueued", "width", "x")
+
+    def __init__(self, kind: str, n: int) -> None:
+        self.kind = kind  # "predict" or "feed"
+        self.n = n  # sequences this request adds to a batch
+        self.data: np.ndarray | None = None
+        self.lens: np.ndarray | None = None
+        self.prepared: Prepared | None = None  # how to turn its rows of the output into its answer
+        self.width = 0
+        self.stream: Any = None
+        self.x: Any = None
+        self.state = _QUEUED
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.t_enqueued = 0.0
+        # Blocking callers wait on a lock the dispatcher releases (cheaper than an Event);
+        # asyncio callers on a future resolved through their loop.
+        self.lock: threading.Lock | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[Any] | None = None
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the awaiting task was cancelled
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if int(value) < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not timeout >= 0 or math.isinf(timeout):
+        raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout}")
+    return float(timeout)
+
+
+def _percentiles(samples: Sequence[float]) -> dict[str, float]:
+    if not samples:
+        return {"p50_ms": 0.0, "p99_ms": 0.0}
+    p50, p99 = np.percentile(np.asarray(samples, dtype=np.float64), [50, 99]) * 1e3
+    return {"p50_ms": float(p50), "p99_ms": float(p99)}
+
+
+class Batcher:
+    """Gathers concurrent requests to one model into ragged engine calls.
+
+    Every answer is exactly what ``model.predict(x)`` (or ``stream.feed(x)``)
+    gives for that request alone: same shape, same bits. Use it from many
+    threads (:meth:`predict`) or asyncio tasks (:meth:`predict_async`); close
+    it with :meth:`close` or a ``with`` block.
+
+    Example::
+
+        with rnninfer.Batcher(model, max_batch=64) as batcher:
+            y = batcher.predict([12, 7, 99])        # from any thread
+            y = await batcher.predict_async([5, 3]) # from a coroutine
+    """
+
+    def __init__(self, model: Model, *, max_batch: int = 64, max_delay_ms: float = 1.0,
+                 max_queue: int = 1024) -> None:
+        """Start the dispatcher thread.
+
+        Args:
+            model: the model every request runs on.
+            max_batch: most sequences in one engine call (a request with more
+                sequences than this runs alone, never split).
+            max_delay_ms: the longest the dispatcher waits for more requests
+                right after a call before it dispatches what is queued (it
+                waits less when the engine's fixed cost per call is lower,
+                and never when the engine has been idle).
+            max_queue: most requests waiting to start; beyond it a request
+                raises :class:`Overloaded` at once.
+
+        Raises:
+            TypeError: ``model`` is not a :class:`rnninfer.Model`, or an
+                option of the wrong type.
+            ValueError: an option out of range.
+        """
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be an rnninfer.Model, got {type(model).__name__}")
+        self._model = model
+        self._max_batch = _check_int("max_batch", max_batch, 1)
+        self._max_queue = _check_int("max_queue", max_queue, 1)
+        if isinstance(max_delay_ms, bool) or not isinstance(max_delay_ms, (int, float)):
+            raise TypeError(f"max_delay_ms must be a number, got {type(max_delay_ms).__name__}")
+        if not 0 <= max_delay_ms < math.inf:
+            raise ValueError(f"max_delay_ms must be a finite number >= 0, got {max_delay_ms}")
+        self._max_delay = float(max_delay_ms) / 1e3
+        spec = model.spec
+        self._tokens = spec.input.kind == "tokens"
+        self._vocab = spec.input.vocab_size
+        self._width = spec.input.width
+        self._sequences = model.returns_sequences
+
+        self._lock = threading.Lock()
+        # The dispatcher sleeps on this lock (held = no wake-up pending) and is woken by
+        # releasing it outside self._lock, so a woken dispatcher never blocks on self._lock.
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._queues: dict[str, collections.deque[_Request]] = {
+            "predict": collections.deque(), "feed": collections.deque()}
+        self._queued = 0  # requests waiting to start (dropped ones excluded)
+        self._queued_seqs = 0
+        self._closing = False
+        self._sleeping = False  # the dispatcher waits on _wake ...
+        self._want = 1  # ... until this many sequences are queued
+
+        self._running = 0  # sequences in the engine call under way
+        self._n_requests = 0
+        self._n_calls = 0
+        self._n_rejected = 0
+        self._n_timeouts = 0
+        self._n_errors = 0
+        self._n_fallbacks = 0
+        self._sizes: collections.Counter[int] = collections.Counter()
+        self._waits: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
+        self._call_times: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
+        # (sequences, seconds) of recent calls, for the engine's fixed cost per call.
+        self._fits: collections.deque[tuple[int, float]] = collections.deque(maxlen=_FIT_SAMPLES)
+        self._fixed_cost = self._max_delay  # unknown until calls of different sizes were seen
+
+        self._thread = threading.Thread(target=self._dispatch_loop, name="rnninfer-batcher", daemon=True)
+        self._thread.start()
+
+    # ---- properties ----------------------------------------------------------------------
+    @property
+    def model(self) -> Model:
+        """The model requests run on."""
+        return self._model
+
+    @property
+    def max_batch(self) -> int:
+        """Most sequences in one engine call."""
+        return self._max_batch
+
+    @property
+    def max_delay_ms(self) -> float:
+        """The longest wait for more requests after a call, in milliseconds."""
+        return self._max_delay * 1e3
+
+    @property
+    def max_queue(self) -> int:
+        """Most requests waiting to start."""
+        return self._max_queue
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (no new work is taken)."""
+        return self._closing
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to start."""
+        return self._queued
+
+    # ---- requests ------------------------------------------------------------------------
+    def _predict_request(self, x: ArrayLike, lengths: ArrayLike | None, padding: str) -> _Request:
+        """Validate ``x`` the way ``model.predict`` does (the same code), in the caller's thread."""
+        p = prepare(x, lengths, padding, tokens=self._tokens, width=self._width, vocab=self._vocab)
+        data = p.data
+        if self._tokens:
+            # The engine range-checks ids as it reads them; in a merged call a bad id would
+            # fail everybody, so each request is checked on its own first.
+            check_token_range(data, p.lengths, p.shift, self._vocab)
+        if not isinstance(x, (list, tuple)) and np.may_share_memory(data, np.asarray(x)):
+            data = data.copy()  # the caller may reuse its array while the request waits
+        n, T = int(data.shape[0]), int(data.shape[1])
+        req = _Request("predict", n)
+        req.data, req.width, req.prepared = data, T, p
+        req.lens = p.lengths if p.lengths is not None else np.full(n, T, dtype=np.int32)
+        return req
+
+    def _enqueue(self, req: _Request) -> None:
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the Batcher is closed; it takes no new requests")
+            if self._queued >= self._max_queue:
+                self._n_rejected += 1
+                raise Overloaded(
+                    f"the Batcher's queue is full ({self._max_queue} requests waiting, max_queue); "
+                    "retry later"
+                )
+            req.t_enqueued = time.perf_counter()
+            self._queues[req.kind].append(req)
+            self._queued += 1
+            self._queued_seqs += req.n
+            self._n_requests += 1
+            wake = self._sleeping and self._queued_seqs >= self._want
+            if wake:
+                self._sleeping = False
+        if wake:
+            self._signal()
+
+    def _signal(self) -> None:
+        # A lock that is already released means a wake-up is pending: nothing to add.
+        with contextlib.suppress(RuntimeError):
+            self._wake.release()
+
+    def _drop(self, req: _Request) -> bool:
+        """Drop a request that has not started; False when it already runs (or ran)."""
+        with self._lock:
+            if req.state != _QUEUED:
+                return False
+            req.state = _DROPPED
+            self._queued -= 1
+            self._queued_seqs -= req.n
+            self._n_timeouts += 1
+            return True
+
+    def _wait(self, req: _Request, timeout: float | None) -> Any:
+        assert req.lock is not None
+        if not req.lock.acquire(timeout=-1 if timeout is None else timeout):
+            if self._drop(req):
+                raise TimeoutError(f"the request did not start within timeout={timeout} s; it was dropped")
+            req.lock.acquire()  # it started: it finishes soon, and its answer is kept
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def predict(self, x: ArrayLike, *, lengths: ArrayLike | None = None, padding: str = "post",
+                timeout: float | None = None) -> np.ndarray:
+        """Run ``x`` together with other callers' requests; blocks until the answer is ready.
+
+        Args:
+            x: anything ``model.predict`` takes (one sequence, a ragged list,
+                a padded array).
+            lengths: true lengths of a padded array's rows, as for ``predict``.
+            padding: where a padded row's padding sits, as for ``predict``.
+            timeout: seconds the request may wait to start; if it has not
+                started by then it is dropped and ``TimeoutError`` is raised
+                (``None``: no limit). A started request always finishes.
+
+        Returns:
+            exactly what ``model.predict(x, lengths=lengths, padding=padding)`` returns.
+
+        Raises:
+            TypeError, ValueError: a bad request (only this caller sees it).
+            Overloaded: the queue is full.
+            TimeoutError: the request did not start within ``timeout``.
+            RuntimeError: the Batcher is closed.
+        """
+        timeout = _check_timeout(timeout)
+        req = self._predict_request(x, lengths, padding)
+        req.lock = threading.Lock()
+        req.lock.acquire()
+        self._enqueue(req)
+        out: np.ndarray = self._wait(req, timeout)
+        return out
+
+    async def _await(self, req: _Request, timeout: float | None) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        req.loop = loop
+        req.future = fut = loop.create_future()
+        self._enqueue(req)
+        timer = None
+        if timeout is not None:
+            # A timer on the loop, not wait_for: no extra task per request.
+            def expire() -> None:
+                if not fut.done() and self._drop(req):
+                    fut.set_exception(TimeoutError(
+                        f"the request did not start within timeout={timeout} s; it was dropped"))
+
+            timer = loop.call_later(timeout, expire)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._drop(req)  # a cancelled caller's request is not run if it has not started
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def predict_async(self, x: ArrayLike, *, lengths: ArrayLike | None = None,
+                            padding: str = "post", timeout: float | None = None) -> np.ndarray:
+        """:meth:`predict` for asyncio: awaits the answer without a thread per request.
+
+        Same arguments, result and errors as :meth:`predict`. Cancelling the
+        awaiting task drops the request if it has not started.
+        """
+        timeout = _check_timeout(timeout)
+        req = self._predict_request(x, lengths, padding)
+        out: np.ndarray = await self._await(req, timeout)
+        return out
+
+    def feed(self, stream: Any, x: ArrayLike, *, timeout: float | None = None) -> np.ndarray:
+        """Advance ``stream`` by ``x``, gathered with other streams' feeds into one ``feed_many`` call.
+
+        Feeds of one stream run in the order they were queued.
+
+        Returns:
+            exactly what ``stream.feed(x)`` returns.
+
+        Raises:
+            TypeError, ValueError: a bad feed (the stream is left unchanged).
+            Overloaded, TimeoutError, RuntimeError: as for :meth:`predict`.
+        """
+        timeout = _check_timeout(timeout)
+        req = self._feed_request(stream, x)
+        req.lock = threading.Lock()
+        req.lock.acquire()
+        self._enqueue(req)
+        out: np.ndarray = self._wait(req, timeout)
+        return out
+
+    async def feed_async(self, stream: Any, x: ArrayLike, *, timeout: float | None = None) -> np.ndarray:
+        """:meth:`feed` for asyncio (no thread per awaiting request)."""
+        timeout = _check_timeout(timeout)
+        req = self._feed_request(stream, x)
+        out: np.ndarray = await self._await(req, timeout)
+        return out
+
+    def _feed_request(self, stream: Any, x: ArrayLike) -> _Request:
+        """Validate one feed the way ``Stream.feed`` does, in the caller's thread."""
+        from .stream import Stream, _normalise
+
+        if not isinstance(stream, Stream):
+            raise TypeError(f"stream must be an rnninfer Stream (model.stream()), got {type(stream).__name__}")
+        if stream.model is not self._model:
+            raise ValueError("the stream belongs to another model than this Batcher's")
+        row = _normalise(self._model, x, "feed")
+        if self._tokens:
+            lo, hi = int(row.min()), int(row.max())
+            if lo < 0 or hi >= self._vocab:
+                bad = lo if lo < 0 else hi
+                t = int(np.argmax(row == bad))
+                raise ValueError(f"feed: token id {bad} at step {t} is out of range "
+                                 f"for the vocabulary [0, {self._vocab})")
+        req = _Request("feed", 1)
+        req.stream, req.x = stream, row
+        return req
+
+    # ---- dispatcher ----------------------------------------------------------------------
+    def _take(self) -> list[_Request]:
+        """Pop the next batch (caller holds the lock): the older queue's head first, FIFO,
+        up to ``max_batch`` sequences (a larger request alone)."""
+        heads = [q[0] for q in self._queues.values() if q]
+        kind = min(heads, key=lambda r: r.t_enqueued).kind
+        q = self._queues[kind]
+        batch: list[_Request] = []
+        n = 0
+        if kind == "predict":
+            while q:
+                r = q[0]
+                if r.state == _DROPPED:
+                    q.popleft()
+                    continue
+                if batch and n + r.n > self._max_batch:
+                    break
+                q.popleft()
+                batch.append(r)
+                n += r.n
+        else:
+            # One stream appears at most once per call; its later feeds wait, in order.
+            seen: set[int] = set()
+            keep: collections.deque[_Request] = collections.deque()
+            while q:
+                r = q.popleft()
+                if r.state == _DROPPED:
+                    continue
+                if id(r.stream) in seen or n + r.n > self._max_batch:
+                    keep.append(r)
+                    seen.add(id(r.stream))
+                    continue
+                seen.add(id(r.stream))
+                batch.append(r)
+                n += r.n
+            self._queues[kind] = keep
+        now = time.perf_counter()
+        for r in batch:
+            r.state = _STARTED
+            self._waits.append(now - r.t_enqueued)
+        self._queued -= len(batch)
+        self._queued_seqs -= n
+        return batch
+
+    def _dispatch_loop(self) -> None:
+        want = 0  # sequences worth waiting for right after a call
+        deadline = 0.0
+        while True:
+            sleep: float | None = None
+            with self._lock:
+                self._sleeping = False
+                # Dropped requests may still sit in the deques; _queued counts live ones.
+                if self._queued == 0:
+                    if self._closing:
+                        return
+                    want = 0
+                    self._want, self._sleeping = 1, True
+                    sleep = -1.0  # until woken
+                elif want and self._queued_seqs < want and not self._closing:
+                    remaining = deadline - time.perf_counter()
+                    if remaining > 0:
+                        self._want, self._sleeping = want, True
+                        sleep = remaining
+                if sleep is None:
+                    batch = self._take()
+            if sleep is not None:
+                self._wake.acquire(timeout=sleep)
+                continue
+            if not batch:
+                continue
+            n = sum(r.n for r in batch)
+            self._run(batch, n)
+            want = min(n, self._max_batch)
+            # Waiting w for the callers just answered saves one call's fixed cost and
+            # idles the engine for w: worth it only while w is below that cost.
+            deadline = time.perf_counter() + min(self._max_delay, self._fixed_cost)
+
+    def _run(self, batch: list[_Request], n: int) -> None:
+        t0 = time.perf_counter()
+        self._running = n
+        runner = self._run_predict if batch[0].kind == "predict" else self._run_feed
+        errors = 0
+        calls = 1
+        try:
+            runner(batch)
+        except Exception as e:  # noqa: BLE001 (each caller gets its own error back)
+            if len(batch) == 1:
+                batch[0].error = e
+                errors = 1
+            else:
+                # Requests were validated one by one, so this is rare (e.g. memory); run each
+                # alone so that every caller gets its own answer or its own error.
+                for r in batch:
+                    calls += 1
+                    try:
+                        runner([r])
+                    except Exception as e1:  # noqa: BLE001 (delivered to its caller)
+                        r.error = e1
+                        errors += 1
+        elapsed = time.perf_counter() - t0
+        self._running = 0
+        with self._lock:
+            self._n_calls += calls
+            self._n_fallbacks += calls > 1
+            self._n_errors += errors
+            self._sizes[n] += 1
+            self._call_times.append(elapsed)
+            if calls == 1:
+                self._fits.append((n, elapsed))
+                if self._n_calls % _FIT_EVERY == 0:
+                    self._fixed_cost = self._fit_fixed_cost()
+        for r in batch:
+            self._deliver(r)
+
+    def _fit_fixed_cost(self) -> float:
+        """The intercept of call time against sequences per call (least squares), in seconds."""
+        n = np.array([f[0] for f in self._fits], dtype=np.float64)
+        t = np.array([f[1] for f in self._fits], dtype=np.float64)
+        if np.ptp(n) == 0:
+            return self._fixed_cost  # one size only: nothing to fit
+        _, intercept = np.polyfit(n, t, 1)
+        return float(min(max(intercept, 0.0), self._max_delay))
+
+    def _deliver(self, r: _Request) -> None:
+        r.state = _DONE
+        if r.lock is not None:
+            r.lock.release()
+        elif r.loop is not None and r.future is not None:
+            # A closed loop raises RuntimeError: nobody is waiting for the answer any more.
+            with contextlib.suppress(RuntimeError):
+                r.loop.call_soon_threadsafe(_resolve, r.future, r.result, r.error)
+
+    def _run_predict(self, batch: list[_Request]) -> None:
+        model = self._model
+        if len(batch) == 1:
+            r = batch[0]
+            out = model.predict(r.data, lengths=r.lens)
+            r.result = r.prepared.finish(out, self._sequences)  # type: ignore[union-attr]
+            return
+        total = sum(r.n for r in batch)
+        T = max(r.width for r in batch)
+        shape = (total, T) if self._tokens else (total, T, self._width)
+        data = np.zeros(shape, dtype=np.int64 if self._tokens else np.float32)
+        lens = np.empty(total, dtype=np.int32)
+        s = 0
+        for r in batch:
+            data[s:s + r.n, :r.width] = r.data
+            lens[s:s + r.n] = r.lens  # type: ignore[assignment]
+            s += r.n
+        out = model.predict(data, lengths=lens)
+        s = 0
+        for r in batch:
+            part = out[s:s + r.n]
+            if self._sequences:
+                part = part[:, :r.width]  # this request's own T, as predict gives it alone
+            r.result = r.prepared.finish(part, self._sequences).copy()  # type: ignore[union-attr]
+            s += r.n
+
+    def _run_feed(self, batch: list[_Request]) -> None:
+        outs = self._model.feed_many([r.stream for r in batch], [r.x for r in batch])
+        for r, out in zip(batch, outs):
+            r.result = out
+
+    # ---- lifecycle and stats ---------------------------------------------------------------
+    def close(self, *, wait: bool = True) -> None:
+        """Refuse new requests, finish every queued one, stop the dispatcher.
+
+        Args:
+            wait: block until the queued requests are answered.
+        """
+        with self._lock:
+            self._closing = True
+            self._sleeping = False
+        self._signal()
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> Batcher:  # noqa: PYI034 (Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and latency percentiles since the Batcher started.
+
+        Returns:
+            a dict: ``requests`` (accepted), ``engine_calls``, ``rejected``
+            (:class:`Overloaded`), ``timeouts`` (dropped before starting),
+            ``errors`` (requests answered with an error by the engine),
+            ``fallbacks`` (merged calls that failed and were re-run one request
+            at a time), ``queue_depth``, ``running`` (sequences in the engine
+            call under way), ``batch_sizes`` (sequences per
+            engine call -> number of calls), ``mean_batch``, ``queue_wait`` and
+            ``call_latency`` (``p50_ms``, ``p99_ms`` over the last 8192), and
+            ``fixed_cost_ms``, the fitted fixed cost of one engine call that
+            bounds the wait after a call.
+        """
+        with self._lock:
+            sizes = dict(sorted(self._sizes.items()))
+            waits = list(self._waits)
+            calls = list(self._call_times)
+            out: dict[str, Any] = {
+                "requests": self._n_requests,
+                "engine_calls": self._n_calls,
+                "rejected": self._n_rejected,
+                "timeouts": self._n_timeouts,
+                "errors": self._n_errors,
+                "fallbacks": self._n_fallbacks,
+                "queue_depth": self._queued,
+                "running": self._running,
+            }
+        batches = sum(sizes.values())
+        out["batch_sizes"] = sizes
+        out["mean_batch"] = sum(k * v for k, v in sizes.items()) / batches if batches else 0.0
+        out["queue_wait"] = _percentiles(waits)
+        out["call_latency"] = _percentiles(calls)
+        out["fixed_cost_ms"] = self._fixed_cost * 1e3
+        return out
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "open"
+        return (f"<rnninfer.Batcher {state}: max_batch={self._max_batch}, "
+                f"max_delay_ms={self.max_delay_ms:g}, max_queue={self._max_queue}>")
+
+
+__all__ = ["Batcher", "Overloaded"]
