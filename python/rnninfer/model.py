@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -384,7 +384,7 @@ class Model:
         return f"<rnninfer.Model {self._spec.name!r}: {self._spec.input.kind} -> [{layers}] -> {self.output_width}>"
 
 
-ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+ModelSource = npz.Source
 
 
 def load(
@@ -420,32 +420,7 @@ def load(
 def _load(src: ModelSource, *, threads: int | None, precision: str | None, isa: str | None) -> Model:
     _check_threads(threads)
     _check_precision(precision)
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        data, source = memoryview(src).tobytes(), "<bytes>"
-    elif isinstance(src, (str, os.PathLike)):
-        source = os.fspath(src)
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ModelFormatError(f"cannot read model file: {e}", source=source) from e
-    elif callable(getattr(src, "read", None)):
-        source = str(getattr(src, "name", "<file object>"))
-        try:
-            data = src.read()
-        except OSError as e:
-            raise ModelFormatError(f"cannot read model file: {e}", source=source) from e
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"src: a file object must be opened in binary mode ('rb'); its read() gave "
-                f"{type(data).__name__}"
-            )
-        data = memoryview(data).tobytes()
-    else:
-        raise TypeError(
-            "src must be a path, the file's bytes (bytes, bytearray, memoryview) or a binary "
-            f"file object, got {type(src).__name__}"
-        )
+    data, source = npz.source_bytes(src)
     try:
         checked, manifest = npz.read_checked(data, source=source)
         return Model._from_checked(checked, producer=manifest.get("producer"), threads=threads,

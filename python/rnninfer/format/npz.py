@@ -6,7 +6,7 @@ import io
 import json
 import os
 import zipfile
-from typing import IO, Any
+from typing import IO, Any, Union
 
 import numpy as np
 
@@ -75,6 +75,49 @@ def write(
     os.replace(tmp, path)
 
 
+#: Where a model file comes from: a path, its bytes, or a binary file object.
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+
+
+def source_bytes(src: Source) -> tuple[bytes, str]:
+    """The bytes of a model file and a name for messages.
+
+    Args:
+        src: a path, the file's bytes (``bytes``, ``bytearray``,
+            ``memoryview``), or a binary file object (read to its end, not
+            closed).
+
+    Raises:
+        TypeError: ``src`` of another type, or a file object in text mode.
+        ModelFormatError: the file cannot be read.
+    """
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return memoryview(src).tobytes(), "<bytes>"
+    if isinstance(src, (str, os.PathLike)):
+        name = os.fspath(src)
+        reader: Any = None
+    elif callable(getattr(src, "read", None)):
+        name, reader = str(getattr(src, "name", "<file object>")), src
+    else:
+        raise TypeError(
+            "src must be a path, the file's bytes (bytes, bytearray, memoryview) or a binary "
+            f"file object, got {type(src).__name__}"
+        )
+    try:
+        if reader is None:
+            with open(name, "rb") as f:
+                data = f.read()
+        else:
+            data = reader.read()
+    except OSError as e:
+        raise ModelFormatError(f"cannot read model file: {e}", source=name) from e
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"src: a file object must be opened in binary mode ('rb'); its read() gave {type(data).__name__}"
+        )
+    return memoryview(data).tobytes(), name
+
+
 def read(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
     """Read and fully validate a model file.
 
@@ -85,13 +128,8 @@ def read(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, np.ndarray]
         ModelFormatError: for anything wrong with the file, listing every
             problem found.
     """
-    src = os.fspath(path)
-    try:
-        with open(src, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ModelFormatError(f"cannot read model file: {e}", source=src) from e
-    return read_bytes(data, source=src)
+    data, name = source_bytes(path)
+    return read_bytes(data, source=name)
 
 
 def read_bytes(
