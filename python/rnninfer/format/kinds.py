@@ -53,16 +53,3 @@ VECTOR_ACTIVATIONS = ("softmax", "log_softmax")
 HEAD_ACTIVATIONS = ELEMENTWISE_ACTIVATIONS + VECTOR_ACTIVATIONS
 #: Every activation, in the order of the C++ ``Act`` enum.
 ACTIVATIONS = HEAD_ACTIVATIONS
-
-__all__ = [
-    "ACTIVATIONS",
-    "CELLS",
-    "DIRECTIONS",
-    "ELEMENTWISE_ACTIVATIONS",
-    "GATES",
-    "HEAD_ACTIVATIONS",
-    "INPUT_KINDS",
-    "MERGE_MODES",
-    "READOUTS",
-    "VECTOR_ACTIVATIONS",
-]
