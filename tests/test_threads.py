@@ -400,10 +400,8 @@ def test_engine_construction_releases_the_gil():
     Python thread keeps running in the middle of a long construction."""
     import time
 
-    from rnninfer.model import _engine_desc
-
     model = rnninfer.build([Embedding(20000, 128), LSTM(256), Dense(1)], seed=0, threads=1)
-    desc, tensors = _engine_desc(model.spec), dict(model.stored_tensors)
+    desc, tensors = model.spec.to_json_dict(), dict(model.stored_tensors)
     span: list[float] = []
 
     def construct() -> None:

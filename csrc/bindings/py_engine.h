@@ -26,10 +26,10 @@ class PyEngine {
 
   const Engine& engine() const { return *engine_; }
 
-  pybind11::array_t<float> predict_token_list(const pybind11::list& seq) const;
-  pybind11::array_t<float> predict_token_seq(const TokenArray& tokens) const;
-  pybind11::array_t<float> predict_tokens(const TokenArray& tokens, const pybind11::object& lengths) const;
-  pybind11::array_t<float> predict_features(const FloatArray& x, const IntArray& lengths) const;
+  // The plain-list fast path (None when x is not a list of ints) and the one
+  // entry for the normalised forms of rnninfer/inputs.py (bind_engine.cc).
+  pybind11::object predict_list(const pybind11::list& seq) const;
+  pybind11::array_t<float> predict(const pybind11::array& x, const pybind11::object& lengths) const;
 
   // A float32 output array for B sequences of a padded width T (single: one
   // sequence, without the batch axis).

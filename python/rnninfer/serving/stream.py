@@ -26,7 +26,8 @@ import numpy as np
 from .. import _core
 
 if TYPE_CHECKING:
-    from ..model import ArrayLike, Model
+    from ..inputs import ArrayLike
+    from ..model import Model
 
 __all__ = ["Stream", "feed_many", "state_layout"]
 
@@ -40,13 +41,11 @@ def _normalise(model: Model, x: Any, where: str) -> np.ndarray:
     """One sequence's new steps in the canonical form the engine reads
     (int64 ids, or float32 ``(n, F)``), by the same rules and messages as
     ``Model.predict``'s input."""
-    from ..model import _prepare_features, _prepare_tokens
+    from ..inputs import prepare
 
     try:
-        if model._tokens:
-            arr, _, single = _prepare_tokens(x, None, model._vocab)
-        else:
-            arr, _, single = _prepare_features(x, None, model._width)
+        arr, _, single, _ = prepare(x, None, "post", tokens=model._tokens, width=model._width,
+                                    vocab=model._vocab)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{where}: {e}") from None
     if not single:
