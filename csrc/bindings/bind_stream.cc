@@ -163,8 +163,11 @@ class PyStream {
       throw std::invalid_argument("a flat state needs " + std::to_string(engine_->state_size()) + " floats");
     if (steps < 0) throw std::invalid_argument("steps must be >= 0");
     const float* p = flat.data();
+    // A max readout's pool may hold -inf (every value it saw was -inf).
+    const int64_t pool0 = engine_->pool_max(), pool1 = pool0 + engine_->desc().top_width();
     for (py::ssize_t i = 0; i < flat.shape(0); ++i)
-      if (!std::isfinite(p[i])) throw std::invalid_argument("a state value is NaN or infinite");
+      if (!std::isfinite(p[i]) && !(i >= pool0 && i < pool1 && pool0 >= 0 && p[i] < 0 && std::isinf(p[i])))
+        throw std::invalid_argument("a state value is NaN or infinite");
     std::memcpy(state_[cur_].data(), p, state_[cur_].size() * sizeof(float));
     steps_ = steps;
   }
