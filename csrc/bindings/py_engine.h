@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/engine.h"
 
@@ -16,6 +17,14 @@ namespace rnninfer {
 using FloatArray = pybind11::array_t<float, pybind11::array::c_style | pybind11::array::forcecast>;
 using IntArray = pybind11::array_t<int32_t, pybind11::array::c_style | pybind11::array::forcecast>;
 using TokenArray = pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::array::forcecast>;
+
+// Scratch of one feed_many call (bind_stream.cc), kept by the engine for later
+// calls so that a warmed-up call allocates nothing but its outputs.
+struct FeedScratch;
+struct FeedScratchDelete {
+  void operator()(FeedScratch* s) const;
+};
+using FeedScratchPtr = std::unique_ptr<FeedScratch, FeedScratchDelete>;
 
 // Owns the engine plus nothing from Python: weights are copied into packed
 // buffers during construction, so the numpy arrays may be freed afterwards.
@@ -36,8 +45,14 @@ class PyEngine {
   pybind11::array_t<float> alloc_out(int B, int T, bool single = false) const;
   static void check_lengths(const IntArray& lengths, int batch);
 
+  // feed_many's spare scratch (bind_stream.cc). Only touched with the GIL
+  // held, which is all the locking it needs; a call takes one out while it
+  // runs, so concurrent calls each have their own.
+  std::vector<FeedScratchPtr>& feed_scratch() const { return feed_scratch_; }
+
  private:
   std::unique_ptr<Engine> engine_;
+  mutable std::vector<FeedScratchPtr> feed_scratch_;
 };
 
 }  // namespace rnninfer

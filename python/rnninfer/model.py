@@ -268,7 +268,7 @@ class Model:
 
         Raises:
             ValueError: a layer reads backwards (bidirectional or
-                ``go_backwards``) or the readout pools; ``state`` has wrong
+                ``go_backwards``) or the readout is a mean; ``state`` has wrong
                 names, shapes, dtype or non-finite values (the entry is named).
         """
         from .serving.stream import Stream

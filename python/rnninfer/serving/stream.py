@@ -11,6 +11,8 @@ The state is a dict of float32 arrays, one per layer and kind::
 
     layers.<i>.fwd.h   (dir_width,)  hidden state of layer i (its projection for a projected LSTM)
     layers.<i>.fwd.c   (units,)      cell state of layer i (LSTM only)
+    readout.max        (width,)      max readout: the running max of the top layer's outputs
+    readout.steps      (1,)          max readout: steps pooled so far (masked steps are not)
 
 ``model.stream(state=...)`` resumes from such a dict, in this process or
 another, on this or another copy of the same model.
@@ -75,7 +77,7 @@ class Stream(_core.StreamCore):
 
         Raises:
             ValueError: the model has a layer that reads backwards or a
-                pooled readout (named), or ``state`` does not fit the model
+                mean readout (named), or ``state`` does not fit the model
                 (the entry is named).
         """
         super().__init__(model._engine)
@@ -141,8 +143,12 @@ def _flat_state(model: Model, state: Mapping[str, np.ndarray]) -> np.ndarray:
             raise ValueError(f"state entry {name!r} has dtype {v.dtype}, expected float32")
         if v.shape != (size,):
             raise ValueError(f"state entry {name!r} has shape {v.shape}, expected ({size},)")
-        if not np.isfinite(v).all():
+        # A max readout's pool holds -inf where every value it saw was -inf.
+        bad = ~np.isfinite(v) & ~((v == -np.inf) if name == "readout.max" else False)
+        if bad.any():
             raise ValueError(f"state entry {name!r} contains NaN or infinity")
+        if name == "readout.steps" and not (v[0] >= 0 and float(v[0]).is_integer()):
+            raise ValueError(f"state entry 'readout.steps' must be a whole number >= 0, got {v[0]}")
         flat[off:off + size] = v
     return flat
 
