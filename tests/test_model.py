@@ -94,7 +94,7 @@ BAD_TOKENS = [
     ([1.5, 2], TypeError, None),
     ([True, False], TypeError, None),
     (np.array([True, False]), TypeError, "integers"),
-    ("abc", TypeError, "list or a numpy"),
+    ("abc", TypeError, "x: token input must be a list of ids, a list of sequences, an integer array"),
     (np.zeros((2, 2, 2), np.int64), ValueError, "1-D"),
     ([[1, 2], "x"], TypeError, "element 1"),
     ([[1, [2]]], TypeError, "integers"),
@@ -144,7 +144,7 @@ BAD_FEATURES = [
     (np.zeros((3,)), ValueError, "got 1-D"),
     (np.zeros((1, 1, 1, 3)), ValueError, "got 4-D"),
     (np.zeros((3, 3), np.int32), TypeError, None),
-    (np.zeros((3, 3), np.float16), TypeError, "float32 or float64"),
+    (np.zeros((3, 3), np.complex64), TypeError, "float32, float64, float16 or bool"),
     (np.zeros((0, 3, 3)), ValueError, "empty batch"),
     (np.zeros((2, 0, 3)), ValueError, "zero-length"),
     (np.array([[0.0, np.nan, 1.0]]), ValueError, "NaN"),
@@ -177,13 +177,19 @@ def test_engine_checks_its_own_contract(tok_model):
     """Callers bypassing the Python checks get an exception from C++, not a crash."""
     eng = tok_model._engine
     with pytest.raises(ValueError, match="token id 77"):
-        eng.predict_tokens(np.array([[1, 77]], np.int32), np.array([2], np.int32))
+        eng.predict(np.array([[1, 77]], np.int32), np.array([2], np.int32))
     with pytest.raises(ValueError, match="lengths"):
-        eng.predict_tokens(np.array([[1, 2]], np.int32), np.array([3], np.int32))
+        eng.predict(np.array([[1, 2]], np.int32), np.array([3], np.int32))
+    with pytest.raises(ValueError, match="lengths"):
+        eng.predict(np.array([[1, 2]], np.int32), np.array([2, 2], np.int32))
     with pytest.raises(ValueError, match="empty batch"):
-        eng.predict_tokens(np.zeros((0, 2), np.int32), np.zeros(0, np.int32))
+        eng.predict(np.zeros((0, 2), np.int32), np.zeros(0, np.int32))
     with pytest.raises(ValueError, match="2-D"):
-        eng.predict_tokens(np.zeros(3, np.int32), np.ones(1, np.int32))
+        eng.predict(np.zeros(3, np.int32), np.ones(1, np.int32))
+    with pytest.raises(ValueError, match="token id -3"):
+        eng.predict_list([1, -3])
+    assert eng.predict_list([1, "2"]) is None  # not its form: the Python side takes it
+    assert eng.predict_list([]) is None
 
 
 # ---- options -----------------------------------------------------------------------------
@@ -223,9 +229,9 @@ def test_isa_reporting():
 def test_list_fast_path_matches_array_path(tok_model, seq_model):
     for model in (tok_model, seq_model):
         assert np.array_equal(model.predict([3, 1, 4, 1, 5]), model.predict(np.array([3, 1, 4, 1, 5])))
-    with pytest.raises(TypeError, match="position 1"):
+    with pytest.raises(TypeError, match="sequence 0, step 1 holds str '2'"):
         tok_model.predict([1, "2"])
-    with pytest.raises(TypeError, match="position 2"):
+    with pytest.raises(TypeError, match="sequence 0, step 2 holds bool True"):
         tok_model.predict([1, 2, True])
     with pytest.raises(ValueError, match="step 1 is out of range"):
         tok_model.predict([1, 2**70])

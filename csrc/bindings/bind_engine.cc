@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,18 +19,22 @@ namespace {
 
 template <typename T>
 T get(const py::dict& d, const char* key) {
-  if (!d.contains(key)) throw std::invalid_argument(std::string("engine description lacks '") + key + "'");
+  if (!d.contains(key)) throw std::invalid_argument(std::string("model description lacks '") + key + "'");
   return d[key].cast<T>();
 }
 
+// The manifest's "model" section as ModelSpec.to_json_dict() writes it: the
+// same keys and names as the file (rnninfer/format/manifest.py), no renaming.
 ModelDesc parse_desc(const py::dict& d) {
   ModelDesc m;
-  m.tokens = get<std::string>(d, "input_kind") == "tokens";
-  m.vocab_size = get<int>(d, "vocab_size");
-  m.input_width = get<int>(d, "input_width");
-  m.mask_zero = get<bool>(d, "mask_zero");
-  m.has_mask_value = get<bool>(d, "has_mask_value");
-  m.mask_value = get<float>(d, "mask_value");
+  const py::dict in = get<py::dict>(d, "input");
+  m.tokens = get<std::string>(in, "kind") == "tokens";
+  m.vocab_size = m.tokens ? get<int>(in, "vocab_size") : 0;
+  m.input_width = get<int>(in, m.tokens ? "embedding_dim" : "features");
+  m.mask_zero = get<bool>(in, "mask_zero");
+  const py::object mask_value = get<py::object>(in, "mask_value");
+  m.has_mask_value = !mask_value.is_none();
+  m.mask_value = m.has_mask_value ? mask_value.cast<float>() : 0.0f;
   for (const auto& item : get<py::list>(d, "layers")) {
     const py::dict l = item.cast<py::dict>();
     LayerDesc L;
@@ -42,7 +47,8 @@ ModelDesc parse_desc(const py::dict& d) {
     L.reset_after = get<bool>(l, "reset_after");
     L.proj_size = get<int>(l, "proj_size");
     L.bias = get<bool>(l, "bias");
-    L.residual_from = get<int>(l, "residual_from");
+    const py::object residual = get<py::object>(l, "residual_from");
+    L.residual_from = residual.is_none() ? kNoResidual : residual.cast<int>();
     m.layers.push_back(L);
   }
   m.readout = parse_readout(get<std::string>(d, "readout"));
@@ -100,24 +106,21 @@ PyEngine::PyEngine(const py::dict& desc, const py::dict& tensors, int threads, c
   }
 }
 
-// One sequence given as a Python list of ints: the common call, converted
-// here without building a numpy array first.
-py::array_t<float> PyEngine::predict_token_list(const py::list& seq) const {
+// One sequence as a plain list of Python ints, the commonest call: read here
+// without building a numpy array. Any other form (other element types, ids
+// beyond int64, an empty list) returns None and the Python side
+// (rnninfer/inputs.py), which owns every input message, takes the call. Ids
+// are range-checked by the engine as it reads them.
+py::object PyEngine::predict_list(const py::list& seq) const {
   const py::ssize_t T = py::len(seq);
-  if (T == 0) throw std::invalid_argument("empty input: no tokens and no sequences");
+  if (T == 0 || T > std::numeric_limits<int32_t>::max()) return py::none();
   std::vector<int64_t> ids(static_cast<size_t>(T));
   for (py::ssize_t t = 0; t < T; ++t) {
     PyObject* o = PyList_GET_ITEM(seq.ptr(), t);
-    if (!PyLong_Check(o) || PyBool_Check(o))
-      throw py::type_error("token ids must be integers, got " +
-                           std::string(Py_TYPE(o)->tp_name) + " at position " + std::to_string(t));
+    if (!PyLong_CheckExact(o)) return py::none();  // bool, numpy ints, floats, ...
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow != 0 || v < 0 || v >= engine_->desc().vocab_size)
-      throw std::invalid_argument(
-          "token id " + py::str(o).cast<std::string>() + " at sequence 0, step " +
-          std::to_string(t) + " is out of range for the vocabulary [0, " +
-          std::to_string(engine_->desc().vocab_size) + ")");
+    if (overflow != 0) return py::none();
     ids[static_cast<size_t>(t)] = v;
   }
   const int32_t len = static_cast<int32_t>(T);
@@ -128,31 +131,32 @@ py::array_t<float> PyEngine::predict_token_list(const py::list& seq) const {
     py::gil_scoped_release nogil;
     engine_->predict_tokens(ids.data(), 1, len, &len, op);
   }
-  return out;
+  return std::move(out);
 }
 
-// One sequence as a 1-D integer array (any integer dtype but uint64).
-py::array_t<float> PyEngine::predict_token_seq(const TokenArray& tokens) const {
-  if (tokens.ndim() != 1) throw std::invalid_argument("expected a 1-D token array");
-  const int32_t len = static_cast<int32_t>(tokens.shape(0));
-  if (len == 0) throw std::invalid_argument("zero-length sequence: token array has no steps");
-  py::array_t<float> out = alloc_out(1, len, /*single=*/true);
-  const int64_t* tp = tokens.data();
-  float* op = out.mutable_data();
-  {
-    // Pure C++ from here: no Python object is touched until the guard ends.
-    py::gil_scoped_release nogil;
-    engine_->predict_tokens(tp, 1, len, &len, op);
+// The one entry for everything else, in the form rnninfer/inputs.py makes:
+// token ids (B, T) as int64 or features (B, T, F) as float32, valid steps
+// first, and int32 lengths (B,) or None for full rows. What is checked here
+// is the engine's contract (shapes; lengths and token ids are checked where
+// they are read), for callers that bypass the Python side.
+py::array_t<float> PyEngine::predict(const py::array& x, const py::object& lengths_obj) const {
+  const ModelDesc& d = engine_->desc();
+  TokenArray tokens;
+  FloatArray features;
+  py::array a;
+  if (d.tokens) {
+    a = tokens = TokenArray::ensure(x);
+    if (!tokens || tokens.ndim() != 2)
+      throw std::invalid_argument("tokens must be a 2-D (batch, steps) integer array");
+  } else {
+    a = features = FloatArray::ensure(x);
+    if (!features || features.ndim() != 3 || features.shape(2) != d.input_width)
+      throw std::invalid_argument("features must be a (batch, steps, " + std::to_string(d.input_width) +
+                                  ") float array");
   }
-  return out;
-}
-
-// lengths None: every row is full length (a padded array without lengths).
-py::array_t<float> PyEngine::predict_tokens(const TokenArray& tokens, const py::object& lengths_obj) const {
-  if (tokens.ndim() != 2) throw std::invalid_argument("tokens must be a 2-D (batch, steps) array");
-  const int B = static_cast<int>(tokens.shape(0)), T = static_cast<int>(tokens.shape(1));
-  if (B == 0) throw std::invalid_argument("empty batch: no sequences to run");
-  if (T == 0) throw std::invalid_argument("zero-length sequence: token array has no steps");
+  if (a.shape(0) > std::numeric_limits<int>::max() || a.shape(1) > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("input too large");
+  const int B = static_cast<int>(a.shape(0)), T = static_cast<int>(a.shape(1));
   std::vector<int32_t> full;
   IntArray lengths;
   const int32_t* lp;
@@ -166,31 +170,14 @@ py::array_t<float> PyEngine::predict_tokens(const TokenArray& tokens, const py::
     lp = lengths.data();
   }
   py::array_t<float> out = alloc_out(B, T);
-  const int64_t* tp = tokens.data();
   float* op = out.mutable_data();
   {
     // Pure C++ from here: no Python object is touched until the guard ends.
     py::gil_scoped_release nogil;
-    engine_->predict_tokens(tp, B, T, lp, op);
-  }
-  return out;
-}
-
-py::array_t<float> PyEngine::predict_features(const FloatArray& x, const IntArray& lengths) const {
-  if (x.ndim() != 3) throw std::invalid_argument("features must be a 3-D (batch, steps, features) array");
-  const int B = static_cast<int>(x.shape(0)), T = static_cast<int>(x.shape(1));
-  if (x.shape(2) != engine_->desc().input_width)
-    throw std::invalid_argument("expected " + std::to_string(engine_->desc().input_width) +
-                                " features per step, got " + std::to_string(x.shape(2)));
-  check_lengths(lengths, B);
-  py::array_t<float> out = alloc_out(B, T);
-  const float* xp = x.data();
-  const int32_t* lp = lengths.data();
-  float* op = out.mutable_data();
-  {
-    // Pure C++ from here: no Python object is touched until the guard ends.
-    py::gil_scoped_release nogil;
-    engine_->predict_features(xp, B, T, lp, op);
+    if (d.tokens)
+      engine_->predict_tokens(tokens.data(), B, T, lp, op);
+    else
+      engine_->predict_features(features.data(), B, T, lp, op);
   }
   return out;
 }
@@ -211,10 +198,8 @@ void register_engine(py::module_& m) {
   py::class_<PyEngine>(m, "Engine")
       .def(py::init<const py::dict&, const py::dict&, int, const std::string&>(), py::arg("desc"),
            py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "")
-      .def("predict_tokens", &PyEngine::predict_tokens, py::arg("tokens"), py::arg("lengths") = py::none())
-      .def("predict_token_list", &PyEngine::predict_token_list, py::arg("tokens"))
-      .def("predict_token_seq", &PyEngine::predict_token_seq, py::arg("tokens"))
-      .def("predict_features", &PyEngine::predict_features, py::arg("x"), py::arg("lengths"))
+      .def("predict", &PyEngine::predict, py::arg("x"), py::arg("lengths") = py::none())
+      .def("predict_list", &PyEngine::predict_list, py::arg("tokens"))
       .def_property_readonly("isa", [](const PyEngine& e) { return std::string(e.engine().kernels().name); })
       .def_property_readonly("recurrent_activations",
                              [](const PyEngine& e) { return std::string(e.engine().recurrent_activations()); })

@@ -22,7 +22,9 @@
 namespace py = pybind11;
 
 namespace rnninfer {
-namespace {
+
+// Types of this file live in rnninfer proper (not an anonymous namespace)
+// because FeedScratch, which the engine binding holds, refers to them.
 
 // One sequence's new steps, read from a Python object.
 struct FeedInput {
@@ -33,7 +35,7 @@ struct FeedInput {
   py::object keep;                  // a converted array, alive for the call
 };
 
-std::string out_of_range(const std::string& id, int seq, py::ssize_t step, int64_t vocab) {
+static std::string out_of_range(const std::string& id, int seq, py::ssize_t step, int64_t vocab) {
   return "token id " + id + " at sequence " + std::to_string(seq) + ", step " + std::to_string(step) +
          " is out of range for the vocabulary [0, " + std::to_string(vocab) + ")";
 }
@@ -44,7 +46,7 @@ std::string out_of_range(const std::string& id, int seq, py::ssize_t step, int64
 // ValueError naming sequence `seq` and the step. Returns false, having raised
 // nothing, for any other form (and for empty input): the Python side then
 // normalises it with the same rules as predict's input and calls again.
-bool read_input(const Engine& e, py::handle x, int seq, std::vector<int64_t>* ids, FeedInput* in) {
+static bool read_input(const Engine& e, py::handle x, int seq, std::vector<int64_t>* ids, FeedInput* in) {
   const ModelDesc& d = e.desc();
   if (d.tokens) {
     if (PyList_CheckExact(x.ptr())) {
@@ -104,7 +106,7 @@ bool read_input(const Engine& e, py::handle x, int seq, std::vector<int64_t>* id
   return true;
 }
 
-py::array_t<float> alloc_feed_out(const Engine& e, int32_t steps) {
+static py::array_t<float> alloc_feed_out(const Engine& e, int32_t steps) {
   const int ow = e.desc().output_width();
   if (e.desc().readout == Readout::kSequence) return py::array_t<float>({steps, ow});
   return py::array_t<float>(ow);
@@ -161,8 +163,11 @@ class PyStream {
       throw std::invalid_argument("a flat state needs " + std::to_string(engine_->state_size()) + " floats");
     if (steps < 0) throw std::invalid_argument("steps must be >= 0");
     const float* p = flat.data();
+    // A max readout's pool may hold -inf (every value it saw was -inf).
+    const int64_t pool0 = engine_->pool_max(), pool1 = pool0 + engine_->desc().top_width();
     for (py::ssize_t i = 0; i < flat.shape(0); ++i)
-      if (!std::isfinite(p[i])) throw std::invalid_argument("a state value is NaN or infinite");
+      if (!std::isfinite(p[i]) && !(i >= pool0 && i < pool1 && pool0 >= 0 && p[i] < 0 && std::isinf(p[i])))
+        throw std::invalid_argument("a state value is NaN or infinite");
     std::memcpy(state_[cur_].data(), p, state_[cur_].size() * sizeof(float));
     steps_ = steps;
   }
@@ -208,6 +213,23 @@ class PyStream {
   std::vector<int64_t> ids_;  // the ids of a list input (reused: no allocation per feed)
 };
 
+// Spare feed_many scratch kept per engine: enough for a few concurrent callers.
+constexpr size_t kMaxSpareScratch = 4;
+
+struct FeedScratch {
+  std::vector<PyStream*> streams;
+  std::vector<FeedInput> in;
+  std::vector<int64_t> ids;
+  std::vector<const int64_t*> tokens;
+  std::vector<const float*> features, s_in;
+  std::vector<float*> s_out, out;
+  std::vector<int32_t> lengths;
+};
+
+void FeedScratchDelete::operator()(FeedScratch* s) const { delete s; }
+
+namespace {
+
 // Several streams, each advanced by its own input, in one engine call (a
 // ragged batch starting from each stream's state). None when an input is in a
 // form read_input does not take; nothing is advanced then, or on any error.
@@ -220,65 +242,85 @@ py::object feed_many(const PyEngine& owner, const py::list& streams, const py::l
                                 " streams and " + std::to_string(py::len(xs)) + " inputs");
   if (n == 0) throw std::invalid_argument("feed_many got no streams");
   if (n > INT32_MAX) throw std::invalid_argument("too many streams for one call");
-  std::vector<PyStream*> ss(static_cast<size_t>(n), nullptr);
-  struct Release {
-    std::vector<PyStream*>& ss;
-    ~Release() {
-      for (PyStream* s : ss)
-        if (s != nullptr) s->release();
+  // Scratch from the engine's spares; given back (emptied of Python
+  // references, streams released) however the call ends.
+  struct Take {
+    const PyEngine& owner;
+    FeedScratchPtr s;
+    explicit Take(const PyEngine& o) : owner(o) {
+      if (!o.feed_scratch().empty()) {
+        s = std::move(o.feed_scratch().back());
+        o.feed_scratch().pop_back();
+      } else {
+        s = FeedScratchPtr(new FeedScratch);
+      }
     }
-  } release{ss};
-  for (py::ssize_t i = 0; i < n; ++i) {
+    ~Take() {
+      for (PyStream* st : s->streams) st->release();
+      s->streams.clear();
+      for (FeedInput& in : s->in) in.keep = py::object();
+      if (owner.feed_scratch().size() < kMaxSpareScratch) owner.feed_scratch().push_back(std::move(s));
+    }
+    Take(const Take&) = delete;
+    Take& operator=(const Take&) = delete;
+  } take(owner);
+  FeedScratch& sc = *take.s;
+  const size_t N = static_cast<size_t>(n);
+  for (size_t i = 0; i < N; ++i) {
     PyStream* s = nullptr;
     try {
-      s = &streams[static_cast<size_t>(i)].cast<PyStream&>();
+      s = &streams[i].cast<PyStream&>();
     } catch (const py::cast_error&) {
       throw py::type_error("streams[" + std::to_string(i) + "] is a " +
-                           std::string(Py_TYPE(streams[static_cast<size_t>(i)].ptr())->tp_name) +
-                           ", not a Stream");
+                           std::string(Py_TYPE(streams[i].ptr())->tp_name) + ", not a Stream");
     }
     if (&s->engine() != &e)
       throw std::invalid_argument("streams[" + std::to_string(i) + "] belongs to another model");
     if (!s->try_acquire()) {
-      for (py::ssize_t j = 0; j < i; ++j)
-        if (ss[static_cast<size_t>(j)] == s)
+      for (size_t j = 0; j < i; ++j)
+        if (sc.streams[j] == s)
           throw std::invalid_argument("streams[" + std::to_string(j) + "] and streams[" + std::to_string(i) +
                                       "] are the same stream: a stream advances once per call");
       throw std::runtime_error("streams[" + std::to_string(i) +
                                "] is being fed by another thread (a stream is not thread-safe)");
     }
-    ss[static_cast<size_t>(i)] = s;
+    sc.streams.push_back(s);
   }
-  std::vector<FeedInput> in(static_cast<size_t>(n));
-  std::vector<int64_t> ids;
-  for (py::ssize_t i = 0; i < n; ++i)
-    if (!read_input(e, xs[static_cast<size_t>(i)], static_cast<int>(i), &ids, &in[static_cast<size_t>(i)]))
-      return py::none();
-  std::vector<const int64_t*> tokens(static_cast<size_t>(n));
-  std::vector<const float*> features(static_cast<size_t>(n)), s_in(static_cast<size_t>(n));
-  std::vector<float*> s_out(static_cast<size_t>(n)), outp(static_cast<size_t>(n));
-  std::vector<int32_t> lengths(static_cast<size_t>(n));
+  sc.in.resize(N);
+  sc.ids.clear();
+  for (size_t i = 0; i < N; ++i) {
+    sc.in[i] = FeedInput();
+    if (!read_input(e, xs[i], static_cast<int>(i), &sc.ids, &sc.in[i])) return py::none();
+  }
+  sc.tokens.resize(N);
+  sc.features.resize(N);
+  sc.s_in.resize(N);
+  sc.s_out.resize(N);
+  sc.out.resize(N);
+  sc.lengths.resize(N);
   py::list outs(n);
-  for (size_t i = 0; i < static_cast<size_t>(n); ++i) {
-    tokens[i] = in[i].ids_at >= 0 ? ids.data() + in[i].ids_at : in[i].tokens;
-    features[i] = in[i].features;
-    lengths[i] = in[i].steps;
-    s_in[i] = ss[i]->current();
-    s_out[i] = ss[i]->spare();
-    py::array_t<float> out = alloc_feed_out(e, in[i].steps);
-    outp[i] = out.mutable_data();
+  for (size_t i = 0; i < N; ++i) {
+    const FeedInput& in = sc.in[i];
+    sc.tokens[i] = in.ids_at >= 0 ? sc.ids.data() + in.ids_at : in.tokens;
+    sc.features[i] = in.features;
+    sc.lengths[i] = in.steps;
+    sc.s_in[i] = sc.streams[i]->current();
+    sc.s_out[i] = sc.streams[i]->spare();
+    py::array_t<float> out = alloc_feed_out(e, in.steps);
+    sc.out[i] = out.mutable_data();
     outs[i] = std::move(out);
   }
   {
     // Pure C++ from here: no Python object is touched until the guard ends.
     py::gil_scoped_release nogil;
     if (e.desc().tokens)
-      e.feed_tokens(static_cast<int>(n), tokens.data(), lengths.data(), s_in.data(), s_out.data(), outp.data());
+      e.feed_tokens(static_cast<int>(n), sc.tokens.data(), sc.lengths.data(), sc.s_in.data(), sc.s_out.data(),
+                    sc.out.data());
     else
-      e.feed_features(static_cast<int>(n), features.data(), lengths.data(), s_in.data(), s_out.data(),
-                      outp.data());
+      e.feed_features(static_cast<int>(n), sc.features.data(), sc.lengths.data(), sc.s_in.data(),
+                      sc.s_out.data(), sc.out.data());
   }
-  for (size_t i = 0; i < static_cast<size_t>(n); ++i) ss[i]->advance(lengths[i]);
+  for (size_t i = 0; i < N; ++i) sc.streams[i]->advance(sc.lengths[i]);
   return std::move(outs);
 }
 

@@ -79,6 +79,17 @@ void register_testing(py::module_& m) {
     d["brand"] = f.brand;
     return d;
   });
+  t.def("desc_names", []() {
+    // The names the engine parses, per enum in enum order (see model_desc.h).
+    auto names = [](const auto& arr) { return std::vector<std::string>(arr.begin(), arr.end()); };
+    py::dict d;
+    d["cell"] = names(kCellNames);
+    d["direction"] = names(kDirectionNames);
+    d["merge"] = names(kMergeNames);
+    d["readout"] = names(kReadoutNames);
+    d["activation"] = names(kActNames);
+    return d;
+  });
   t.def(
       "activate",
       [](const std::string& isa, const std::string& act,

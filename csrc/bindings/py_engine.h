@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/engine.h"
 
@@ -16,6 +17,14 @@ namespace rnninfer {
 using FloatArray = pybind11::array_t<float, pybind11::array::c_style | pybind11::array::forcecast>;
 using IntArray = pybind11::array_t<int32_t, pybind11::array::c_style | pybind11::array::forcecast>;
 using TokenArray = pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::array::forcecast>;
+
+// Scratch of one feed_many call (bind_stream.cc), kept by the engine for later
+// calls so that a warmed-up call allocates nothing but its outputs.
+struct FeedScratch;
+struct FeedScratchDelete {
+  void operator()(FeedScratch* s) const;
+};
+using FeedScratchPtr = std::unique_ptr<FeedScratch, FeedScratchDelete>;
 
 // Owns the engine plus nothing from Python: weights are copied into packed
 // buffers during construction, so the numpy arrays may be freed afterwards.
@@ -26,18 +35,24 @@ class PyEngine {
 
   const Engine& engine() const { return *engine_; }
 
-  pybind11::array_t<float> predict_token_list(const pybind11::list& seq) const;
-  pybind11::array_t<float> predict_token_seq(const TokenArray& tokens) const;
-  pybind11::array_t<float> predict_tokens(const TokenArray& tokens, const pybind11::object& lengths) const;
-  pybind11::array_t<float> predict_features(const FloatArray& x, const IntArray& lengths) const;
+  // The plain-list fast path (None when x is not a list of ints) and the one
+  // entry for the normalised forms of rnninfer/inputs.py (bind_engine.cc).
+  pybind11::object predict_list(const pybind11::list& seq) const;
+  pybind11::array_t<float> predict(const pybind11::array& x, const pybind11::object& lengths) const;
 
   // A float32 output array for B sequences of a padded width T (single: one
   // sequence, without the batch axis).
   pybind11::array_t<float> alloc_out(int B, int T, bool single = false) const;
   static void check_lengths(const IntArray& lengths, int batch);
 
+  // feed_many's spare scratch (bind_stream.cc). Only touched with the GIL
+  // held, which is all the locking it needs; a call takes one out while it
+  // runs, so concurrent calls each have their own.
+  std::vector<FeedScratchPtr>& feed_scratch() const { return feed_scratch_; }
+
  private:
   std::unique_ptr<Engine> engine_;
+  mutable std::vector<FeedScratchPtr> feed_scratch_;
 };
 
 }  // namespace rnninfer

@@ -139,6 +139,15 @@ PackedModel Engine::pack(ModelDesc desc, const TensorMap& tensors, int threads,
         m.state_size += L.units;
       }
     }
+    if (md.readout == Readout::kMax) {
+      const int top = static_cast<int>(md.layers.size()) - 1;
+      m.pool_max = m.state_size;
+      m.state.push_back({"readout.max", top, false, m.state_size, md.top_width()});
+      m.state_size += md.top_width();
+      m.pool_steps = m.state_size;
+      m.state.push_back({"readout.steps", top, false, m.state_size, 1});
+      m.state_size += 1;
+    }
   }
   return m;
 }
@@ -244,9 +253,9 @@ void Engine::check_streams() const {
     check_arg(d.layers[i].direction == Direction::kForward, "layer ", i, " reads backwards (",
               d.layers[i].dirs() == 2 ? "bidirectional" : "go_backwards",
               "): a stream can only carry the state of layers that run forwards");
-  check_arg(d.readout != Readout::kMean && d.readout != Readout::kMax,
-            "a model with a pooled (mean/max) readout cannot stream: the pool over every step "
-            "fed so far is not carried in the state");
+  check_arg(d.readout != Readout::kMean,
+            "a model with a mean readout cannot stream: predict sums every step in float64, which "
+            "a float32 state cannot carry exactly (a max readout streams)");
 }
 
 void Engine::feed_tokens(int batch, const int64_t* const* tokens, const int32_t* lengths,

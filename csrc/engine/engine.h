@@ -63,10 +63,12 @@ class Engine {
   void feed_features(int batch, const float* const* features, const int32_t* lengths,
                      const float* const* state_in, float* const* state_out, float* const* out) const;
   // std::invalid_argument naming the first reason this model cannot stream
-  // (a layer that reads backwards, a pooled readout).
+  // (a layer that reads backwards, a mean readout).
   void check_streams() const;
   const std::vector<StateEntry>& state_entries() const { return model_.state; }
   int64_t state_size() const { return model_.state_size; }
+  // Offset of a max readout's pool in a state (-1: none).
+  int64_t pool_max() const { return model_.pool_max; }
 
   const ModelDesc& desc() const { return model_.desc; }
   const KernelTable& kernels() const { return *model_.kernels; }

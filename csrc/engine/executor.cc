@@ -337,70 +337,68 @@ ScheduleStats::Field Executor::run(Workspace& ws, Call& call) const {
 }
 
 ScheduleStats::Field Executor::run_units(Workspace& ws, const Plan& plan) const {
-  {
-    // Units hand rows to each other through `done` flags. A thread runs a
-    // unit only after claiming it, so each unit runs exactly once, and which
-    // thread runs it never changes its result. Threads take the units of
-    // their own list in order (skipping those others claimed), then help with
-    // whatever is unclaimed, in global order: a worker that wakes late (a
-    // descheduled core in a VM can take a millisecond) costs nothing but its
-    // help, and the call never waits for it to start.
-    const size_t n = plan.units.size();
-    ws.ensure_flags(2 * n);
-    std::atomic<int>* done = ws.flags.get();
-    std::atomic<int>* claimed = done + n;
-    for (size_t i = 0; i < n; ++i) {
-      done[i].store(0, std::memory_order_relaxed);
-      claimed[i].store(0, std::memory_order_relaxed);
-    }
-    std::atomic<bool> failed{false};
-    std::exception_ptr error;
-    std::mutex error_mu;
-    auto ready = [&](int i) {
-      for (int d : plan.units[static_cast<size_t>(i)].deps)
-        if (done[static_cast<size_t>(d)].load(std::memory_order_acquire) == 0) return false;
-      return true;
-    };
-    // Waits until unit i can run or someone else claimed it; false if the call failed.
-    auto wait_ready = [&](int i) {
-      // The count saturates: a wait may outlast any int (a descheduled thread).
-      for (int spin = 0; !ready(i); spin = std::min(spin + 1, kSpinBeforeYield)) {
-        if (failed.load(std::memory_order_relaxed)) return false;
-        if (claimed[static_cast<size_t>(i)].load(std::memory_order_relaxed) != 0) return true;
-        if (spin < kSpinBeforeYield)
-          cpu_relax();
-        else
-          std::this_thread::yield();
-      }
-      return true;
-    };
-    auto take = [&](int i, int tid) {
-      if (claimed[static_cast<size_t>(i)].load(std::memory_order_relaxed) != 0) return;
-      if (!wait_ready(i)) return;
-      if (claimed[static_cast<size_t>(i)].exchange(1, std::memory_order_acq_rel) != 0) return;
-      timed_unit(ws, plan, i, tid);
-      done[static_cast<size_t>(i)].store(1, std::memory_order_release);
-    };
-    pool_->run([&](int tid) {
-      if (tid >= plan.threads) return;  // the plan needs fewer threads than the pool has
-      try {
-        for (int i : plan.per_thread[static_cast<size_t>(tid)]) {
-          if (failed.load(std::memory_order_relaxed)) return;
-          take(i, tid);
-        }
-        for (int i = 0; i < static_cast<int>(n); ++i) {
-          if (failed.load(std::memory_order_relaxed)) return;
-          take(i, tid);
-        }
-      } catch (...) {
-        // Never leave other threads waiting on a unit that will not finish.
-        std::lock_guard<std::mutex> lock(error_mu);
-        if (!error) error = std::current_exception();
-        failed.store(true, std::memory_order_relaxed);
-      }
-    });
-    if (error) std::rethrow_exception(error);
+  // Units hand rows to each other through `done` flags. A thread runs a
+  // unit only after claiming it, so each unit runs exactly once, and which
+  // thread runs it never changes its result. Threads take the units of
+  // their own list in order (skipping those others claimed), then help with
+  // whatever is unclaimed, in global order: a worker that wakes late (a
+  // descheduled core in a VM can take a millisecond) costs nothing but its
+  // help, and the call never waits for it to start.
+  const size_t n = plan.units.size();
+  ws.ensure_flags(2 * n);
+  std::atomic<int>* done = ws.flags.get();
+  std::atomic<int>* claimed = done + n;
+  for (size_t i = 0; i < n; ++i) {
+    done[i].store(0, std::memory_order_relaxed);
+    claimed[i].store(0, std::memory_order_relaxed);
   }
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto ready = [&](int i) {
+    for (int d : plan.units[static_cast<size_t>(i)].deps)
+      if (done[static_cast<size_t>(d)].load(std::memory_order_acquire) == 0) return false;
+    return true;
+  };
+  // Waits until unit i can run or someone else claimed it; false if the call failed.
+  auto wait_ready = [&](int i) {
+    // The count saturates: a wait may outlast any int (a descheduled thread).
+    for (int spin = 0; !ready(i); spin = std::min(spin + 1, kSpinBeforeYield)) {
+      if (failed.load(std::memory_order_relaxed)) return false;
+      if (claimed[static_cast<size_t>(i)].load(std::memory_order_relaxed) != 0) return true;
+      if (spin < kSpinBeforeYield)
+        cpu_relax();
+      else
+        std::this_thread::yield();
+    }
+    return true;
+  };
+  auto take = [&](int i, int tid) {
+    if (claimed[static_cast<size_t>(i)].load(std::memory_order_relaxed) != 0) return;
+    if (!wait_ready(i)) return;
+    if (claimed[static_cast<size_t>(i)].exchange(1, std::memory_order_acq_rel) != 0) return;
+    timed_unit(ws, plan, i, tid);
+    done[static_cast<size_t>(i)].store(1, std::memory_order_release);
+  };
+  pool_->run([&](int tid) {
+    if (tid >= plan.threads) return;  // the plan needs fewer threads than the pool has
+    try {
+      for (int i : plan.per_thread[static_cast<size_t>(tid)]) {
+        if (failed.load(std::memory_order_relaxed)) return;
+        take(i, tid);
+      }
+      for (int i = 0; i < static_cast<int>(n); ++i) {
+        if (failed.load(std::memory_order_relaxed)) return;
+        take(i, tid);
+      }
+    } catch (...) {
+      // Never leave other threads waiting on a unit that will not finish.
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+      failed.store(true, std::memory_order_relaxed);
+    }
+  });
+  if (error) std::rethrow_exception(error);
   return ScheduleStats::kWavefront;
 }
 

@@ -12,6 +12,9 @@
 namespace rnninfer {
 namespace {
 
+// readout.steps of a stream counts exactly up to 2^24, then stays there.
+constexpr float kMaxPoolSteps = 16777216.0f;
+
 void copy_rows(const float* src, std::size_t lds, float* dst, std::size_t ldd, int rows,
                int cols) {
   for (int r = 0; r < rows; ++r)
@@ -369,9 +372,17 @@ void readout_and_head(const PackedModel& m, Workspace& ws) {
     const bool mean = m.desc.readout == Readout::kMean;
     std::vector<double>& acc = ws.pool_acc;  // kept by the workspace: no allocation per call
     acc.resize(static_cast<size_t>(W));
+    const CallIO& io = *ws.io;
     for (int i = 0; i < B; ++i) {
       std::fill(acc.begin(), acc.end(), mean ? 0.0 : -std::numeric_limits<double>::infinity());
-      int count = 0;
+      int count = 0;  // steps pooled by this call
+      // Streams (max only): the pool so far. A max is one of the values it
+      // saw, a float, so carrying it in float32 is exact; besides it, only
+      // whether any step was pooled matters (none: the readout is zero).
+      const int b = ws.order[static_cast<size_t>(i)];
+      const float carried_steps = !mean && io.state_in != nullptr ? io.state_in[b][m.pool_steps] : 0.0f;
+      if (carried_steps > 0)
+        for (int j = 0; j < W; ++j) acc[static_cast<size_t>(j)] = io.state_in[b][m.pool_max + j];
       for (int t = 0; t < ws.lengths[static_cast<size_t>(i)]; ++t) {
         const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
         if (ws.skip[static_cast<size_t>(row)]) continue;
@@ -381,10 +392,17 @@ void readout_and_head(const PackedModel& m, Workspace& ws) {
           acc[static_cast<size_t>(j)] = mean ? acc[static_cast<size_t>(j)] + v[j]
                                              : std::max<double>(acc[static_cast<size_t>(j)], v[j]);
       }
+      const bool any = count > 0 || carried_steps > 0;
       for (int j = 0; j < W; ++j)
-        z[i * W + j] = count == 0 ? 0.0f
-                                  : static_cast<float>(mean ? acc[static_cast<size_t>(j)] / count
-                                                            : acc[static_cast<size_t>(j)]);
+        z[i * W + j] = !any ? 0.0f
+                            : static_cast<float>(mean ? acc[static_cast<size_t>(j)] / count
+                                                      : acc[static_cast<size_t>(j)]);
+      if (!mean && io.state_out != nullptr) {
+        float* out = io.state_out[b];
+        // Steps pooled so far, saturating where float32 stops counting exactly.
+        out[m.pool_steps] = std::min(carried_steps + static_cast<float>(count), kMaxPoolSteps);
+        for (int j = 0; j < W; ++j) out[m.pool_max + j] = any ? z[i * W + j] : 0.0f;
+      }
     }
   }
   dense_head(m, z, B, ws.head_b.data());

@@ -4,65 +4,24 @@
 
 namespace rnninfer {
 
-Cell parse_cell(const std::string& s) {
-  if (s == "lstm") return Cell::kLstm;
-  if (s == "gru") return Cell::kGru;
-  if (s == "rnn") return Cell::kRnn;
-  throw std::invalid_argument("unknown layer kind (cell) '" + s + "'");
+namespace {
+
+template <typename E, size_t N>
+E parse_name(const std::string& s, const std::array<const char*, N>& names, const char* what) {
+  for (size_t i = 0; i < N; ++i)
+    if (s == names[i]) return static_cast<E>(i);
+  throw std::invalid_argument(std::string("unknown ") + what + " '" + s + "'");
 }
 
+}  // namespace
+
+Cell parse_cell(const std::string& s) { return parse_name<Cell>(s, kCellNames, "layer kind (cell)"); }
 Direction parse_direction(const std::string& s) {
-  if (s == "forward") return Direction::kForward;
-  if (s == "backward") return Direction::kBackward;
-  if (s == "bidirectional") return Direction::kBidirectional;
-  throw std::invalid_argument("unknown direction '" + s + "'");
+  return parse_name<Direction>(s, kDirectionNames, "direction");
 }
-
-Merge parse_merge(const std::string& s) {
-  if (s == "concat") return Merge::kConcat;
-  if (s == "sum") return Merge::kSum;
-  if (s == "mul") return Merge::kMul;
-  if (s == "ave") return Merge::kAve;
-  throw std::invalid_argument("unknown merge mode '" + s + "'");
-}
-
-Readout parse_readout(const std::string& s) {
-  if (s == "last") return Readout::kLast;
-  if (s == "sequence") return Readout::kSequence;
-  if (s == "mean") return Readout::kMean;
-  if (s == "max") return Readout::kMax;
-  throw std::invalid_argument("unknown readout '" + s + "'");
-}
-
-Act parse_act(const std::string& s) {
-  static const struct {
-    const char* name;
-    Act act;
-  } kActs[] = {
-      {"linear", Act::kLinear},
-      {"relu", Act::kRelu},
-      {"tanh", Act::kTanh},
-      {"sigmoid", Act::kSigmoid},
-      {"hard_sigmoid", Act::kHardSigmoid},
-      {"hard_sigmoid_keras2", Act::kHardSigmoidKeras2},
-      {"elu", Act::kElu},
-      {"selu", Act::kSelu},
-      {"softplus", Act::kSoftplus},
-      {"softsign", Act::kSoftsign},
-      {"swish", Act::kSwish},
-      {"gelu", Act::kGelu},
-      {"exponential", Act::kExponential},
-      {"relu6", Act::kRelu6},
-      {"leaky_relu", Act::kLeakyRelu},
-      {"mish", Act::kMish},
-      {"hard_swish", Act::kHardSwish},
-      {"softmax", Act::kSoftmax},
-      {"log_softmax", Act::kLogSoftmax},
-  };
-  for (const auto& a : kActs)
-    if (s == a.name) return a.act;
-  throw std::invalid_argument("unknown activation '" + s + "'");
-}
+Merge parse_merge(const std::string& s) { return parse_name<Merge>(s, kMergeNames, "merge mode"); }
+Readout parse_readout(const std::string& s) { return parse_name<Readout>(s, kReadoutNames, "readout"); }
+Act parse_act(const std::string& s) { return parse_name<Act>(s, kActNames, "activation"); }
 
 void validate_desc(const ModelDesc& d) {
   check_arg(d.input_width > 0, "input width must be positive, got ", d.input_width);

@@ -1,6 +1,7 @@
 // Plain structs mirroring the manifest's model section (docs/format.md).
 #pragma once
 
+#include <array>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,26 @@ enum class Cell { kLstm, kGru, kRnn };
 enum class Direction { kForward, kBackward, kBidirectional };
 enum class Merge { kConcat, kSum, kMul, kAve };
 enum class Readout { kLast, kSequence, kMean, kMax };
+
+// The manifest's name of each enum value, indexed by the value. The same
+// lists, in the same order, are python/rnninfer/format/kinds.py (the one
+// table of names); tests/format/test_kinds.py compares them through
+// _core._testing.desc_names().
+constexpr std::array<const char*, 3> kCellNames = {"lstm", "gru", "rnn"};
+constexpr std::array<const char*, 3> kDirectionNames = {"forward", "backward", "bidirectional"};
+constexpr std::array<const char*, 4> kMergeNames = {"concat", "sum", "mul", "ave"};
+constexpr std::array<const char*, 4> kReadoutNames = {"last", "sequence", "mean", "max"};
+constexpr std::array<const char*, 19> kActNames = {
+    "linear", "relu",  "tanh",  "sigmoid", "hard_sigmoid", "hard_sigmoid_keras2", "elu",
+    "selu",   "softplus", "softsign", "swish", "gelu", "exponential", "relu6", "leaky_relu",
+    "mish",   "hard_swish", "softmax", "log_softmax"};
+static_assert(kActNames.size() == static_cast<size_t>(Act::kLogSoftmax) + 1,
+              "kActNames must name every Act value");
+static_assert(kReadoutNames.size() == static_cast<size_t>(Readout::kMax) + 1, "kReadoutNames");
+static_assert(kMergeNames.size() == static_cast<size_t>(Merge::kAve) + 1, "kMergeNames");
+static_assert(kCellNames.size() == static_cast<size_t>(Cell::kRnn) + 1, "kCellNames");
+static_assert(kDirectionNames.size() == static_cast<size_t>(Direction::kBidirectional) + 1,
+              "kDirectionNames");
 
 constexpr int kNoResidual = -2;  // residual_from value meaning "none"
 
@@ -66,7 +87,11 @@ Merge parse_merge(const std::string& s);
 Readout parse_readout(const std::string& s);
 Act parse_act(const std::string& s);
 
-// Checks a description's internal consistency; throws std::invalid_argument.
+// The invariants the engine's memory safety rests on (sizes, residual
+// widths, row activations only in heads); throws std::invalid_argument. The
+// user-facing rules, with their messages, are Python's
+// (rnninfer/format/checked.py), applied once before a model reaches here;
+// these are cheap (per layer, never per weight) and guard direct callers.
 void validate_desc(const ModelDesc& d);
 
 }  // namespace rnninfer

@@ -32,10 +32,11 @@ struct LayerWeights {
 };
 
 // Where one sequence's carried state lives in a flat float vector (streams):
-// per layer, h (dir_width floats) then, for LSTM, c (units floats). Only
-// forward-only stacks have one (a backward direction cannot be carried).
+// per layer, h (dir_width floats) then, for LSTM, c (units floats); then, for
+// a max readout, the pool so far. Only forward-only stacks have one (a
+// backward direction cannot be carried).
 struct StateEntry {
-  std::string name;  // "layers.<i>.fwd.h" / "layers.<i>.fwd.c"
+  std::string name;  // "layers.<i>.fwd.h" / "layers.<i>.fwd.c" / "readout.max" / "readout.steps"
   int layer = 0;
   bool cell = false;  // c rather than h
   int64_t offset = 0;
@@ -55,6 +56,9 @@ struct PackedModel {
   std::vector<StateEntry> state;
   int64_t state_size = 0;
   std::vector<int64_t> state_h, state_c;  // per layer: offsets of h and c (-1: none)
+  // Max readout: the running max of the top layer's rows (top width floats)
+  // and the steps pooled so far (one float); -1 for other readouts.
+  int64_t pool_max = -1, pool_steps = -1;
 
   // The first layer's projections are table lookups (a token model whose
   // table fit the budget).

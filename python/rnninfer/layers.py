@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .format.manifest import DenseSpec, InputSpec, ModelSpec, RecurrentSpec, validate_spec
+from .format.checked import spec_problems
+from .format.manifest import DenseSpec, InputSpec, ModelSpec, RecurrentSpec
 from .format.spec import DTYPE, expected_tensors
 
 __all__ = [
@@ -206,7 +207,7 @@ def make_spec(layers: Sequence[Layer], *, name: str = "model") -> ModelSpec:
         else:
             raise TypeError(f"layer {pos}: {layer!r} is not an rnninfer layer")
     spec = ModelSpec(input=inp, layers=tuple(rec), readout=readout, head=tuple(head), name=name)
-    problems = validate_spec(spec)
+    problems = spec_problems(spec)
     if problems:
         raise ValueError("invalid model: " + "; ".join(problems))
     return spec

@@ -1,9 +1,11 @@
-"""The user-facing :class:`Model`: input checks, ``predict``, ``save``, ``summary``.
+"""The user-facing :class:`Model`: ``predict``, ``save``, ``summary``, ``load``, pickling.
 
 This is the only module that joins the pure-Python side (spec, file format,
-converters) with the compiled engine in ``rnninfer._core``. Every user input is
-checked here, before the engine is entered, so that a bad call raises a clear
-``TypeError``/``ValueError`` and can never reach C++ with out-of-range data.
+converters) with the compiled engine in ``rnninfer._core``. A model's spec
+and tensors are checked once, by :mod:`rnninfer.format.checked`, before the
+engine packs them; a call's input is normalised and checked once, by
+:mod:`rnninfer.inputs` (token ids are range-checked by the engine as it
+reads them, so padding is never read or checked).
 """
 
 from __future__ import annotations
@@ -11,26 +13,24 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ModelFormatError
 from .format import npz
 from .format import precision as prec
-from .format.manifest import GATES, ModelSpec, RecurrentSpec, validate_spec
-from .format.spec import DTYPE, count_params, expected_tensors, validate
+from .format.checked import CheckedModel, check_model
+from .format.manifest import GATES, ModelSpec, RecurrentSpec
+from .format.spec import DTYPE, count_params, expected_tensors
+from .inputs import ArrayLike, prepare
 from .threads import check_threads as _check_threads
 from .threads import default_threads
 
 if TYPE_CHECKING:
     from .serving.stream import Stream
 
-ArrayLike = Union[np.ndarray, Sequence[Any]]
-
 PRECISIONS = prec.PRECISIONS
-_MAX_INT32 = np.iinfo(np.int32).max
 
 
 def _version() -> str:
@@ -77,13 +77,17 @@ class Model:
         precision: str | None = None,
         isa: str | None = None,
     ) -> None:
-        """Validate ``spec`` and ``tensors`` and pack them for the engine.
+        """Check ``spec`` and ``tensors`` once and pack them for the engine.
+
+        The rules are :func:`rnninfer.format.checked.check_model`'s. The
+        tensors are copied, so the caller's arrays stay its own and no later
+        change to them reaches the model.
 
         Args:
             spec: the model description.
             tensors: canonical float32 tensors by name.
             producer: provenance stored in saved files.
-            threads: threads per call (``None`` = the cores this process may use).
+            threads: threads per call (``None``: the rule of :func:`load`).
             precision: weight precision of the packed engine weights:
                 ``"fp32"``, ``"bf16"`` or ``"int8"`` (``None`` = the precision
                 ``tensors`` are stored in; see ``docs/precision.md``).
@@ -98,39 +102,48 @@ class Model:
             ModelFormatError: listing every problem with the spec or tensors.
         """
         _check_precision(precision)
-        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        problems = validate_spec(spec)
-        if not problems:
-            problems = prec.validate_stored(spec, tensors)
-        if not problems:
-            problems = validate(spec, prec.decode(spec, tensors))
-        if problems:
-            raise ModelFormatError(problems)
-        target = precision or prec.stored_precision(spec, tensors)
-        stored = prec.convert(spec, tensors, target)
-        effective = prec.decode(spec, stored)
-        problems = validate(spec, effective)  # e.g. a float32 beyond bf16's range became inf
-        if problems:
-            raise ModelFormatError(problems)
-        for t in (*stored.values(), *effective.values()):
-            t.setflags(write=False)
+        _check_threads(threads)
+        self._open(check_model(spec, tensors), producer, threads, precision, isa)
+
+    @classmethod
+    def _from_checked(
+        cls,
+        checked: CheckedModel,
+        *,
+        producer: Mapping[str, Any] | None = None,
+        threads: int | None = None,
+        precision: str | None = None,
+        isa: str | None = None,
+    ) -> Model:
+        """A model of an already checked spec and tensors (files, converters): no second check."""
+        _check_precision(precision)
+        model = cls.__new__(cls)
+        model._open(checked, producer, threads, precision, isa)
+        return model
+
+    def _open(self, checked: CheckedModel, producer: Mapping[str, Any] | None, threads: int | None,
+              precision: str | None, isa: str | None) -> None:
+        checked = checked.with_precision(precision or checked.precision)
+        spec = checked.spec
+        self._checked = checked
         self._spec = spec
         # Effective float32 weights (what the engine computes with) and their
         # stored form at the model's precision (what save() writes).
-        self._tensors = MappingProxyType(effective)
-        self._stored = MappingProxyType(stored)
+        self._tensors = checked.effective
+        self._stored = checked.stored
         self._producer = dict(producer or {"converter": "rnninfer.build"})
         self._threads = _check_threads(threads)
         self._threads_option = threads  # what a pickle carries: None re-resolves in the worker
-        self._precision = target
+        self._precision = checked.precision
         self._isa_arg = isa
         from . import _core  # imported here so converters and the file format work without it
 
-        self._engine = _core.Engine(_engine_desc(spec), dict(stored), self._threads, isa or "")
+        self._engine = _core.Engine(spec.to_json_dict(), dict(checked.stored), self._threads, isa or "")
         inp = spec.input
         self._tokens = inp.kind == "tokens"
         self._width = inp.width
         self._vocab = inp.vocab_size
+        self._sequences = spec.readout == "sequence"
 
     # ---- properties ------------------------------------------------------------
     @property
@@ -161,8 +174,8 @@ class Model:
         """
         if precision is None or _check_precision(precision) is None:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        return Model(self._spec, dict(self._stored), producer=self._producer, threads=self._threads,
-                     precision=precision, isa=self._isa_arg)
+        return Model._from_checked(self._checked, producer=self._producer, threads=self._threads_option,
+                                   precision=precision, isa=self._isa_arg)
 
     @property
     def producer(self) -> dict[str, Any]:
@@ -203,44 +216,44 @@ class Model:
         return self._spec.readout == "sequence"
 
     # ---- predict ---------------------------------------------------------------
-    def predict(self, x: ArrayLike, *, lengths: ArrayLike | None = None) -> np.ndarray:
+    def predict(self, x: ArrayLike, *, lengths: ArrayLike | None = None, padding: str = "post") -> np.ndarray:
         """Run the model.
 
         Args:
-            x: for token models, one sequence of ids (1-D list or array), a
-                ragged batch (list of sequences) or a padded ``(B, T)`` integer
-                array; for feature models, ``(T, F)``, a list of ``(T_i, F)``
-                arrays or a padded ``(B, T, F)`` float32/float64 array.
+            x: for token models, one sequence of ids (a 1-D list or array), a
+                ragged batch (a list of sequences) or a padded ``(B, T)``
+                integer array (any integer dtype); for feature models,
+                ``(T, F)``, a list of ``(T_i, F)`` arrays or a padded
+                ``(B, T, F)`` array of float32, float64, float16 (widened
+                exactly) or bool (0/1). Array-likes (torch, TensorFlow, JAX
+                tensors) are taken as the arrays they convert to.
             lengths: true lengths of the rows of a padded array (default: all
-                full length). Steps past a row's length are never read.
+                full length). Steps outside a row's length are never read.
+            padding: where a padded row's padding sits: ``"post"`` (after its
+                steps, the default) or ``"pre"`` (before them, Keras
+                ``pad_sequences``' default). Only matters with ``lengths``.
 
         Returns:
             float32 array: ``(out,)`` for one sequence, ``(B, out)`` for a
             batch; models returning sequences give ``(T, out)`` /
-            ``(B, T, out)`` with zero rows at skipped steps.
+            ``(B, T, out)`` with zero rows at skipped steps (under the
+            padding, wherever it sits).
 
         Raises:
             TypeError: wrong input type or dtype.
-            ValueError: bad shapes, lengths, token ids, NaN features, empty
-                input.
+            ValueError: bad shapes, lengths, ``padding``, token ids, NaN
+                features, empty input. Every check is made before the engine
+                runs, in :mod:`rnninfer.inputs`, except token ids within
+                int64, which the engine checks as it reads them.
         """
-        if self._tokens:
-            if lengths is None and type(x) is list and x and type(x[0]) is int:
-                # The most common call, one list of ids: checked and converted in C++.
-                return self._engine.predict_token_list(x)
-            if (lengths is None and type(x) is np.ndarray and x.ndim == 1 and x.size
-                    and x.dtype.kind in "iu" and x.dtype != np.uint64):
-                return self._engine.predict_token_seq(x)
-            if (lengths is None and type(x) is np.ndarray and x.ndim == 2 and x.size
-                    and x.dtype.kind in "iu" and x.dtype != np.uint64):
-                # A padded batch at full length: ids are range-checked as the engine reads them.
-                return self._engine.predict_tokens(x)
-            data, lens, single = _prepare_tokens(x, lengths, self._vocab)
-            out = self._engine.predict_tokens(data, lens)
-        else:
-            data, lens, single = _prepare_features(x, lengths, self._width)
-            out = self._engine.predict_features(data, lens)
-        return out[0] if single else out
+        if self._tokens and lengths is None and type(x) is list and padding == "post":
+            # The commonest call, one list of ints, read by the engine itself;
+            # None means another form, normalised below.
+            out = self._engine.predict_list(x)
+            if out is not None:
+                return out
+        p = prepare(x, lengths, padding, tokens=self._tokens, width=self._width, vocab=self._vocab)
+        return p.finish(self._engine.predict(p.data, p.lengths), self._sequences)
 
     __call__ = predict
 
@@ -255,7 +268,7 @@ class Model:
 
         Raises:
             ValueError: a layer reads backwards (bidirectional or
-                ``go_backwards``) or the readout pools; ``state`` has wrong
+                ``go_backwards``) or the readout is a mean; ``state`` has wrong
                 names, shapes, dtype or non-finite values (the entry is named).
         """
         from .serving.stream import Stream
@@ -281,17 +294,17 @@ class Model:
         return feed_many(self, streams, xs)
 
     # ---- save / summary ------------------------------------------------------------
-    def save(self, dest: str | os.PathLike[str] | IO[bytes], *, compress: bool = False) -> None:
+    def save(self, path: str | os.PathLike[str] | IO[bytes], *, compress: bool = False) -> None:
         """Write the model file (``.npz``, see ``docs/format.md``).
 
         Args:
-            dest: a path, or a binary file object open for writing (its
+            path: a path, or a binary file object open for writing (its
                 ``write`` receives the whole file; it is not closed).
             compress: deflate the archive members.
         """
         producer = dict(self._producer)
         producer["rnninfer"] = _version()
-        npz.write(dest, self._spec, dict(self._stored), producer, compress=compress)
+        npz.write(path, self._spec, dict(self._stored), producer, compress=compress)
 
     def to_bytes(self) -> bytes:
         """The model file's bytes (what :meth:`save` writes; :func:`load` reads them back)."""
@@ -371,214 +384,7 @@ class Model:
         return f"<rnninfer.Model {self._spec.name!r}: {self._spec.input.kind} -> [{layers}] -> {self.output_width}>"
 
 
-# ---- engine description ------------------------------------------------------------
-def _engine_desc(spec: ModelSpec) -> dict[str, Any]:
-    """The flat description the C++ engine parses (see bind_engine.cc)."""
-    inp = spec.input
-    return {
-        "input_kind": inp.kind,
-        "vocab_size": inp.vocab_size,
-        "input_width": inp.width,
-        "mask_zero": inp.mask_zero,
-        "has_mask_value": inp.mask_value is not None,
-        "mask_value": float(inp.mask_value) if inp.mask_value is not None else 0.0,
-        "layers": [
-            {
-                "cell": layer.cell,
-                "units": layer.units,
-                "direction": layer.direction,
-                "merge": layer.merge,
-                "activation": layer.activation,
-                "recurrent_activation": layer.recurrent_activation,
-                "reset_after": layer.reset_after,
-                "proj_size": layer.proj_size,
-                "bias": layer.bias,
-                "residual_from": -2 if layer.residual_from is None else layer.residual_from,
-            }
-            for layer in spec.layers
-        ],
-        "readout": spec.readout,
-        "head": [{"units": d.units, "activation": d.activation, "bias": d.bias} for d in spec.head],
-    }
-
-
-# ---- input preparation ---------------------------------------------------------------
-def _check_lengths(lengths: ArrayLike | None, batch: int, width: int) -> np.ndarray:
-    if lengths is None:
-        return np.full(batch, width, dtype=np.int32)
-    lens = np.asarray(lengths)
-    if lens.dtype.kind not in "iu" or lens.dtype == np.bool_:
-        if lens.dtype.kind == "f" and lens.size and np.all(np.floor(lens) == lens):
-            raise TypeError("lengths must be integers, got floats")
-        raise TypeError(f"lengths must be integers, got dtype {lens.dtype}")
-    if lens.shape != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},) for a batch of {batch}, got {lens.shape}")
-    if lens.size:
-        if lens.min() < 0:
-            i = int(np.argmin(lens))
-            raise ValueError(f"lengths[{i}] = {int(lens[i])} is negative")
-        if lens.min() == 0:
-            i = int(np.argmin(lens))
-            raise ValueError(f"sequence {i} has length 0 (zero-length sequences cannot be run)")
-        if lens.max() > width:
-            i = int(np.argmax(lens))
-            raise ValueError(f"lengths[{i}] = {int(lens[i])} is beyond the array's width {width}")
-    return lens.astype(np.int32)
-
-
-def _is_int_scalar(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _prepare_tokens(
-    x: ArrayLike, lengths: ArrayLike | None, vocab: int
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    single = False
-    if isinstance(x, np.ndarray):
-        if x.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got an array of dtype {x.dtype}")
-        if x.ndim == 1:
-            if lengths is not None:
-                raise ValueError("lengths applies to a padded 2-D array, not to one sequence")
-            single, arr = True, x[None, :]
-        elif x.ndim == 2:
-            arr = x
-        else:
-            raise ValueError(f"token input must be 1-D (one sequence) or 2-D (padded batch), got {x.ndim}-D")
-        if arr.shape[0] == 0:
-            raise ValueError("empty batch: no sequences to run")
-        if arr.shape[1] == 0:
-            raise ValueError("zero-length sequence: token array has no steps")
-        lens = _check_lengths(lengths, arr.shape[0], arr.shape[1])
-    elif isinstance(x, (list, tuple)):
-        if lengths is not None:
-            raise ValueError("lengths applies to a padded 2-D array; a ragged list carries its own lengths")
-        if len(x) == 0:
-            raise ValueError("empty input: no tokens and no sequences")
-        if all(_is_int_scalar(v) for v in x):
-            single, seqs = True, [x]
-        else:
-            seqs = []
-            for i, s in enumerate(x):
-                if isinstance(s, np.ndarray):
-                    if s.ndim != 1 or s.dtype.kind not in "iu":
-                        raise TypeError(
-                            f"sequence {i}: expected a 1-D integer array, got {s.ndim}-D {s.dtype}"
-                        )
-                elif isinstance(s, (list, tuple)):
-                    if not all(_is_int_scalar(v) for v in s):
-                        bad = next(v for v in s if not _is_int_scalar(v))
-                        raise TypeError(f"sequence {i}: token ids must be integers, got {type(bad).__name__} {bad!r}")
-                else:
-                    raise TypeError(
-                        f"element {i} of the input is a {type(s).__name__}; expected a token id "
-                        "(one sequence) or a sequence of token ids (a batch)"
-                    )
-                if len(s) == 0:
-                    raise ValueError(f"sequence {i} has length 0 (zero-length sequences cannot be run)")
-                seqs.append(s)
-        lens = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
-        arr = np.zeros((len(seqs), int(lens.max())), dtype=np.int64)
-        for i, s in enumerate(seqs):
-            try:
-                arr[i, : lens[i]] = s
-            except OverflowError as e:
-                raise ValueError(f"sequence {i}: token id out of range: {e}") from e
-    else:
-        raise TypeError(
-            f"token input must be a list or a numpy integer array, got {type(x).__name__}"
-        )
-    # Token ids are range-checked by the engine as it reads them (only the
-    # steps inside each length are read). int64 holds every id exactly, except
-    # uint64 values past 2**63, which are out of any vocabulary anyway.
-    if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= vocab:
-        T = arr.shape[1]
-        inside = arr[np.arange(T)[None, :] < lens[:, None]]
-        if inside.size and int(inside.max()) >= vocab:
-            bad = int(inside.max())
-            b, t = np.argwhere((arr == bad) & (np.arange(T)[None, :] < lens[:, None]))[0]
-            raise ValueError(
-                f"token id {bad} at sequence {int(b)}, step {int(t)} is out of range "
-                f"for the vocabulary [0, {vocab})"
-            )
-    if arr.dtype != np.int64:
-        arr = arr.astype(np.int64)
-    elif not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
-    return arr, lens, single
-
-
-def _prepare_features(
-    x: ArrayLike, lengths: ArrayLike | None, width: int
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    single = False
-    if isinstance(x, (list, tuple)) and len(x) > 0 and all(
-        isinstance(s, np.ndarray) and s.ndim == 2 for s in x
-    ):
-        if lengths is not None:
-            raise ValueError("lengths applies to a padded 3-D array; a ragged list carries its own lengths")
-        for i, s in enumerate(x):
-            if s.dtype not in (np.float32, np.float64):
-                raise TypeError(f"sequence {i}: features must be float32 or float64, got {s.dtype}")
-            if s.shape[1] != width:
-                raise ValueError(f"sequence {i}: expected {width} features per step, got {s.shape[1]}")
-            if s.shape[0] == 0:
-                raise ValueError(f"sequence {i} has length 0 (zero-length sequences cannot be run)")
-        lens = np.array([s.shape[0] for s in x], dtype=np.int32)
-        arr = np.zeros((len(x), int(lens.max()), width), dtype=np.float32)
-        with np.errstate(over="ignore"):
-            for i, s in enumerate(x):
-                arr[i, : lens[i]] = s
-    else:
-        if isinstance(x, np.ndarray):
-            a = x
-        elif isinstance(x, (list, tuple)):
-            if len(x) == 0:
-                raise ValueError("empty input: no steps and no sequences")
-            try:
-                a = np.asarray(x)
-            except ValueError as e:
-                raise ValueError(
-                    f"ragged feature input must be a list of (T_i, {width}) numpy arrays: {e}"
-                ) from e
-            if a.dtype.kind in "iu":
-                a = a.astype(np.float64)
-        else:
-            raise TypeError(f"feature input must be a numpy float array or a list, got {type(x).__name__}")
-        if a.dtype not in (np.float32, np.float64):
-            raise TypeError(f"features must be float32 or float64, got dtype {a.dtype}")
-        if a.ndim == 2:
-            if lengths is not None:
-                raise ValueError("lengths applies to a padded 3-D array, not to one sequence")
-            single, a = True, a[None]
-        elif a.ndim != 3:
-            raise ValueError(
-                f"feature input must be (T, F) for one sequence or (B, T, F) for a batch, got {a.ndim}-D"
-            )
-        if a.shape[0] == 0:
-            raise ValueError("empty batch: no sequences to run")
-        if a.shape[1] == 0:
-            raise ValueError("zero-length sequence: feature array has no steps")
-        if a.shape[2] != width:
-            raise ValueError(f"expected {width} features per step, got {a.shape[2]}")
-        lens = _check_lengths(lengths, a.shape[0], a.shape[1])
-        if a.dtype == np.float32 and a.flags.c_contiguous:
-            arr = a
-        else:
-            # Values beyond float32 become inf here and are reported just below.
-            with np.errstate(over="ignore"):
-                arr = np.ascontiguousarray(a, dtype=np.float32)
-    T = arr.shape[1]
-    inside = arr if int(lens.min()) == T else arr[np.arange(T)[None, :] < lens[:, None]]
-    if not np.isfinite(inside).all():
-        bad = np.argwhere(~np.isfinite(arr) & (np.arange(T)[None, :, None] < lens[:, None, None]))[0]
-        raise ValueError(
-            f"features contain NaN or infinity (or values beyond float32 range) at sequence {int(bad[0])}, step {int(bad[1])}, feature {int(bad[2])}"
-        )
-    return arr, lens, single
-
-
-ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+ModelSource = npz.Source
 
 
 def load(
@@ -614,36 +420,11 @@ def load(
 def _load(src: ModelSource, *, threads: int | None, precision: str | None, isa: str | None) -> Model:
     _check_threads(threads)
     _check_precision(precision)
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        data, source = memoryview(src).tobytes(), "<bytes>"
-    elif isinstance(src, (str, os.PathLike)):
-        source = os.fspath(src)
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ModelFormatError(f"cannot read model file: {e}", source=source) from e
-    elif callable(getattr(src, "read", None)):
-        source = str(getattr(src, "name", "<file object>"))
-        try:
-            data = src.read()
-        except OSError as e:
-            raise ModelFormatError(f"cannot read model file: {e}", source=source) from e
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"src: a file object must be opened in binary mode ('rb'); its read() gave "
-                f"{type(data).__name__}"
-            )
-        data = memoryview(data).tobytes()
-    else:
-        raise TypeError(
-            "src must be a path, the file's bytes (bytes, bytearray, memoryview) or a binary "
-            f"file object, got {type(src).__name__}"
-        )
+    data, source = npz.source_bytes(src)
     try:
-        spec, tensors, manifest = npz.read_bytes(data, source=source)
-        return Model(spec, tensors, producer=manifest.get("producer"), threads=threads,
-                     precision=precision, isa=isa)
+        checked, manifest = npz.read_checked(data, source=source)
+        return Model._from_checked(checked, producer=manifest.get("producer"), threads=threads,
+                                   precision=precision, isa=isa)
     except ModelFormatError:
         raise
     except Exception as e:

@@ -21,7 +21,9 @@ def _erf(x: Array) -> Array:
     return np.vectorize(math.erf, otypes=[np.float64])(x) if x.size else x
 
 
-_ACT: dict[str, Callable[[Array], Array]] = {
+#: Every element-wise activation of :data:`rnninfer.format.kinds.ELEMENTWISE_ACTIVATIONS`
+#: (``tests/format/test_kinds.py`` checks the two name the same set).
+ELEMENTWISE: dict[str, Callable[[Array], Array]] = {
     "linear": lambda x: x,
     "relu": lambda x: np.maximum(x, 0.0),
     "tanh": np.tanh,
@@ -52,7 +54,7 @@ def activation(name: str, x: Array) -> Array:
         m = x.max(axis=-1, keepdims=True)
         return np.asarray(x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
     with np.errstate(over="ignore"):
-        return np.asarray(_ACT[name](x))
+        return np.asarray(ELEMENTWISE[name](x))
 
 
 def _run_direction(
@@ -105,14 +107,18 @@ def _run_direction(
     return out, h
 
 
+#: How the two directions of a bidirectional layer combine, per merge mode of
+#: :data:`rnninfer.format.kinds.MERGE_MODES`.
+MERGES: dict[str, Callable[[Array, Array], Array]] = {
+    "concat": lambda a, b: np.concatenate([a, b], axis=-1),
+    "sum": lambda a, b: np.asarray(a + b),
+    "mul": lambda a, b: np.asarray(a * b),
+    "ave": lambda a, b: np.asarray(0.5 * (a + b)),
+}
+
+
 def _merge(mode: str, a: Array, b: Array) -> Array:
-    if mode == "concat":
-        return np.concatenate([a, b], axis=-1)
-    if mode == "sum":
-        return np.asarray(a + b)
-    if mode == "mul":
-        return np.asarray(a * b)
-    return np.asarray(0.5 * (a + b))
+    return MERGES[mode](a, b)
 
 
 def run_sequence(spec: ModelSpec, tensors: dict[str, Array], x: Array) -> Array:

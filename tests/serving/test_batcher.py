@@ -604,3 +604,25 @@ def test_predicts_and_feeds_mix(rng: np.random.Generator) -> None:
         for t in threads:
             t.join(WAIT)
         assert b.stats()["requests"] == len(xs)
+
+
+def test_pre_padded_requests_merge_and_get_predicts_bits(gate: Any, rng: np.random.Generator) -> None:
+    model = MODELS["tokens-seq"]  # per-step outputs: each must stay under its own steps
+    reqs = []
+    for n in (3, 5, 2):
+        lens = rng.integers(1, 6, size=n)
+        reqs.append((rng.integers(1, 60, size=(n, 5)), lens))
+    with rnninfer.Batcher(model, max_batch=64, max_delay_ms=0) as b:
+        release = gate(b)
+        first = _start(lambda: b.predict([1, 2, 3]))
+        assert release.entered.wait(WAIT)
+        started = [_start(lambda x=x, lens=lens: b.predict(x, lengths=lens, padding="pre")) for x, lens in reqs]
+        _until(lambda: b.queue_depth == len(reqs))
+        release.set()
+        for t, _ in [first, *started]:
+            t.join(WAIT)
+        assert b.stats()["engine_calls"] == 2
+    for (x, lens), (_, box) in zip(reqs, started):
+        assert _same(box["result"], model.predict(x, lengths=lens, padding="pre"))
+    with rnninfer.Batcher(model) as b, pytest.raises(ValueError, match="sequence 0, step 4"):
+        b.predict(np.array([[1, 2, 3, 4, 99]]), lengths=[2], padding="pre")

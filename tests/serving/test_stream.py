@@ -73,6 +73,8 @@ def forward_architectures(draw: Any) -> list[Layer]:
         else:
             layers.append(RNN(units, **kw))
         width = out_w
+    if sequences and draw(st.integers(0, 3)) == 0:
+        layers.append(GlobalMaxPooling())
     for _ in range(draw(st.integers(0, 2))):
         layers.append(Dense(draw(st.integers(1, 6)), draw(st.sampled_from(["linear", "relu", "sigmoid", "softmax"]))))
     return layers
@@ -287,8 +289,7 @@ def test_bad_states_are_named(make_model: MakeModel) -> None:
 @pytest.mark.parametrize(("layers", "msg"), [
     ([Embedding(9, 2), LSTM(3), LSTM(3, bidirectional=True), Dense(1)], "layer 1 reads backwards \\(bidirectional\\)"),
     ([Features(2), GRU(3, go_backwards=True), Dense(1)], "layer 0 reads backwards \\(go_backwards\\)"),
-    ([Features(2), GRU(3, return_sequences=True), GlobalAveragePooling(), Dense(1)], "pooled"),
-    ([Features(2), RNN(3, return_sequences=True), GlobalMaxPooling()], "pooled"),
+    ([Features(2), GRU(3, return_sequences=True), GlobalAveragePooling(), Dense(1)], "mean readout"),
 ])
 def test_models_that_cannot_stream_say_why(layers: list[Layer], msg: str, make_model: MakeModel) -> None:
     model = make_model(layers)
@@ -296,6 +297,27 @@ def test_models_that_cannot_stream_say_why(layers: list[Layer], msg: str, make_m
         model.stream()
     with pytest.raises(ValueError, match=msg):
         model.feed_many([], [])
+
+
+def test_max_readout_carries_its_pool(isa: str, make_model: MakeModel) -> None:
+    model = make_model([Embedding(12, 3, mask_zero=True), GRU(5, return_sequences=True), GlobalMaxPooling(),
+                        Dense(2)], isa=isa)
+    x = [0, 0, 4, 0, 9, 1, 0, 3]
+    s = model.stream()
+    for a, b in [(0, 1), (1, 2), (2, 5), (5, 6), (6, 8)]:
+        np.testing.assert_array_equal(s.feed(x[a:b]), model.predict(x[:b]))
+    state = s.state
+    assert list(state)[-2:] == ["readout.max", "readout.steps"]
+    assert state["readout.steps"].tolist() == [4.0]  # the masked steps are not pooled
+    again = model.stream(state=state)
+    np.testing.assert_array_equal(again.feed([7]), model.predict([*x, 7]))
+    state["readout.max"][:] = -np.inf  # a pool may hold -inf; NaN and steps < 0 are refused
+    model.stream(state=state)
+    for entry, value, msg in [("readout.max", np.nan, "contains NaN"), ("readout.steps", -1.0, "whole number"),
+                              ("readout.steps", 0.5, "whole number")]:
+        bad = {**state, entry: np.full_like(state[entry], value)}
+        with pytest.raises(ValueError, match=msg):
+            model.stream(state=bad)
 
 
 def test_concurrent_feeds_of_one_stream_are_refused(make_model: MakeModel) -> None:

@@ -13,43 +13,21 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# The enumerated names live in one table (kinds.py); re-exported for existing imports.
+from .kinds import (
+    CELLS,
+    DIRECTIONS,
+    ELEMENTWISE_ACTIVATIONS,
+    GATES,
+    HEAD_ACTIVATIONS,
+    INPUT_KINDS,
+    MERGE_MODES,
+    READOUTS,
+    VECTOR_ACTIVATIONS,
+)
+
 FORMAT_NAME = "rnninfer"
 FORMAT_VERSION = 2
-
-CELLS = ("lstm", "gru", "rnn")
-DIRECTIONS = ("forward", "backward", "bidirectional")
-MERGE_MODES = ("concat", "sum", "mul", "ave")
-READOUTS = ("last", "sequence", "mean", "max")
-INPUT_KINDS = ("tokens", "features")
-
-#: Element-wise activations usable inside a cell and in a head layer.
-#: ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``; ``hard_sigmoid_keras2`` is
-#: Keras 2's ``clip(0.2 x + 0.5, 0, 1)``; ``leaky_relu`` has slope 0.2 (Keras);
-#: ``gelu`` is the exact (erf) form.
-ELEMENTWISE_ACTIVATIONS = (
-    "linear",
-    "relu",
-    "tanh",
-    "sigmoid",
-    "hard_sigmoid",
-    "hard_sigmoid_keras2",
-    "elu",
-    "selu",
-    "softplus",
-    "softsign",
-    "swish",
-    "gelu",
-    "exponential",
-    "relu6",
-    "leaky_relu",
-    "mish",
-    "hard_swish",
-)
-#: Activations over a whole output vector, allowed in head layers only.
-VECTOR_ACTIVATIONS = ("softmax", "log_softmax")
-HEAD_ACTIVATIONS = ELEMENTWISE_ACTIVATIONS + VECTOR_ACTIVATIONS
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 @dataclass(frozen=True)
@@ -227,81 +205,28 @@ def _make(cls: Any, d: Any, where: str) -> Any:
     return cls(**d)
 
 
+__all__ = [
+    "CELLS",
+    "DIRECTIONS",
+    "ELEMENTWISE_ACTIVATIONS",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "GATES",
+    "HEAD_ACTIVATIONS",
+    "INPUT_KINDS",
+    "MERGE_MODES",
+    "READOUTS",
+    "VECTOR_ACTIVATIONS",
+    "DenseSpec",
+    "InputSpec",
+    "ModelSpec",
+    "RecurrentSpec",
+    "validate_spec",
+]
+
+
 def validate_spec(spec: ModelSpec) -> list[str]:
-    """Every problem with a spec's hyper-parameters, as readable sentences."""
-    p: list[str] = []
-    inp = spec.input
+    """Every problem with a spec's hyper-parameters (see :func:`rnninfer.format.checked.spec_problems`)."""
+    from .checked import spec_problems
 
-    def pos_int(v: Any, what: str) -> bool:
-        ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
-        if not ok:
-            p.append(f"{what} must be a positive integer, got {v!r}")
-        return ok
-
-    if inp.kind not in INPUT_KINDS:
-        p.append(f"input.kind must be one of {INPUT_KINDS}, got {inp.kind!r}")
-    elif inp.kind == "tokens":
-        pos_int(inp.vocab_size, "input.vocab_size")
-        pos_int(inp.embedding_dim, "input.embedding_dim")
-        if inp.mask_value is not None:
-            p.append("input.mask_value applies to feature input only")
-    else:
-        pos_int(inp.features, "input.features")
-        if inp.mask_zero:
-            p.append("input.mask_zero applies to token input only")
-        if inp.mask_value is not None and not isinstance(inp.mask_value, (int, float)):
-            p.append(f"input.mask_value must be a number or null, got {inp.mask_value!r}")
-    if not isinstance(inp.mask_zero, bool):
-        p.append("input.mask_zero must be a boolean")
-    if not isinstance(spec.layers, tuple) or len(spec.layers) == 0:
-        p.append("a model needs at least one recurrent layer")
-    for i, layer in enumerate(spec.layers):
-        w = f"layers[{i}]"
-        if layer.cell not in CELLS:
-            p.append(f"{w}: unknown layer kind (cell) {layer.cell!r}; known: {CELLS}")
-            continue
-        pos_int(layer.units, f"{w}.units")
-        if layer.direction not in DIRECTIONS:
-            p.append(f"{w}.direction must be one of {DIRECTIONS}, got {layer.direction!r}")
-        if layer.merge not in MERGE_MODES:
-            p.append(f"{w}.merge must be one of {MERGE_MODES}, got {layer.merge!r}")
-        for attr in ("activation", "recurrent_activation"):
-            if getattr(layer, attr) not in ELEMENTWISE_ACTIVATIONS:
-                p.append(
-                    f"{w}.{attr} {getattr(layer, attr)!r} is not supported; "
-                    f"supported: {ELEMENTWISE_ACTIVATIONS}"
-                )
-        for attr in ("reset_after", "bias"):
-            if not isinstance(getattr(layer, attr), bool):
-                p.append(f"{w}.{attr} must be a boolean")
-        if not isinstance(layer.proj_size, int) or isinstance(layer.proj_size, bool):
-            p.append(f"{w}.proj_size must be an integer")
-        elif layer.proj_size < 0:
-            p.append(f"{w}.proj_size must be >= 0")
-        elif layer.proj_size and layer.cell != "lstm":
-            p.append(f"{w}.proj_size is only valid for lstm cells")
-        elif layer.proj_size and isinstance(layer.units, int) and layer.proj_size >= layer.units:
-            p.append(f"{w}.proj_size ({layer.proj_size}) must be smaller than units ({layer.units})")
-        r = layer.residual_from
-        if r is not None:
-            if not isinstance(r, int) or isinstance(r, bool) or r < -1 or r >= i:
-                p.append(f"{w}.residual_from must be -1 or an earlier layer index, got {r!r}")
-            elif not p and spec.stream_width(r) != layer.output_width:
-                p.append(
-                    f"{w}.residual_from={r}: width {spec.stream_width(r)} does not match "
-                    f"the layer's output width {layer.output_width}"
-                )
-    if spec.readout not in READOUTS:
-        p.append(f"readout must be one of {READOUTS}, got {spec.readout!r}")
-    elif spec.readout == "last" and spec.layers and spec.layers[-1].residual_from is not None:
-        p.append("a residual link on the top layer needs readout 'sequence', 'mean' or 'max'")
-    for j, d in enumerate(spec.head):
-        pos_int(d.units, f"head[{j}].units")
-        if d.activation not in HEAD_ACTIVATIONS:
-            p.append(
-                f"head[{j}].activation {d.activation!r} is not supported; "
-                f"supported: {HEAD_ACTIVATIONS}"
-            )
-        if not isinstance(d.bias, bool):
-            p.append(f"head[{j}].bias must be a boolean")
-    return p
+    return spec_problems(spec)

@@ -6,14 +6,15 @@ import io
 import json
 import os
 import zipfile
-from typing import IO, Any
+from typing import IO, Any, Union
 
 import numpy as np
 
 from ..errors import ModelFormatError
 from . import precision as prec
-from .manifest import FORMAT_NAME, FORMAT_VERSION, ModelSpec, validate_spec
-from .spec import DTYPE, validate
+from .checked import CheckedModel, model_problems
+from .manifest import FORMAT_NAME, FORMAT_VERSION, ModelSpec
+from .spec import DTYPE
 
 #: Manifest dtype name of each stored numpy dtype (format version 2).
 _DTYPE_NAMES = {np.dtype("<f4"): "float32", np.dtype("<u2"): "bfloat16", np.dtype("i1"): "int8"}
@@ -62,7 +63,7 @@ def write(
     save = np.savez_compressed if compress else np.savez
     if not isinstance(dest, (str, os.PathLike)):
         if not callable(getattr(dest, "write", None)):
-            raise TypeError(f"dest must be a path or a binary file object, got {type(dest).__name__}")
+            raise TypeError(f"path must be a path or a binary file object, got {type(dest).__name__}")
         save(dest, **arrays)  # type: ignore[arg-type]
         return
     path = os.fspath(dest)
@@ -74,29 +75,83 @@ def write(
     os.replace(tmp, path)
 
 
+#: Where a model file comes from: a path, its bytes, or a binary file object.
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+
+
+def source_bytes(src: Source) -> tuple[bytes, str]:
+    """The bytes of a model file and a name for messages.
+
+    Args:
+        src: a path, the file's bytes (``bytes``, ``bytearray``,
+            ``memoryview``), or a binary file object (read to its end, not
+            closed).
+
+    Raises:
+        TypeError: ``src`` of another type, or a file object in text mode.
+        ModelFormatError: the file cannot be read.
+    """
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return memoryview(src).tobytes(), "<bytes>"
+    if isinstance(src, (str, os.PathLike)):
+        name = os.fspath(src)
+        reader: Any = None
+    elif callable(getattr(src, "read", None)):
+        name, reader = str(getattr(src, "name", "<file object>")), src
+    else:
+        raise TypeError(
+            "src must be a path, the file's bytes (bytes, bytearray, memoryview) or a binary "
+            f"file object, got {type(src).__name__}"
+        )
+    try:
+        if reader is None:
+            with open(name, "rb") as f:
+                data = f.read()
+        else:
+            data = reader.read()
+    except OSError as e:
+        raise ModelFormatError(f"cannot read model file: {e}", source=name) from e
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"src: a file object must be opened in binary mode ('rb'); its read() gave {type(data).__name__}"
+        )
+    return memoryview(data).tobytes(), name
+
+
 def read(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
     """Read and fully validate a model file.
 
     Returns:
-        ``(spec, tensors, manifest)``.
+        ``(spec, tensors, manifest)``: the tensors as stored (read-only).
 
     Raises:
         ModelFormatError: for anything wrong with the file, listing every
             problem found.
     """
-    src = os.fspath(path)
-    try:
-        with open(src, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ModelFormatError(f"cannot read model file: {e}", source=src) from e
-    return read_bytes(data, source=src)
+    data, name = source_bytes(path)
+    return read_bytes(data, source=name)
 
 
 def read_bytes(
     data: bytes, *, source: str = "<bytes>"
 ) -> tuple[ModelSpec, dict[str, np.ndarray], dict[str, Any]]:
     """Like :func:`read`, from the bytes of a file."""
+    checked, manifest = read_checked(data, source=source)
+    return checked.spec, dict(checked.stored), manifest
+
+
+def read_checked(data: bytes, *, source: str = "<bytes>") -> tuple[CheckedModel, dict[str, Any]]:
+    """Read and fully validate a model file's bytes, once.
+
+    Returns:
+        ``(checked, manifest)``: the checked model (spec and read-only
+        tensors, see :mod:`rnninfer.format.checked`), which
+        :class:`rnninfer.Model` opens without checking again, and the manifest.
+
+    Raises:
+        ModelFormatError: for anything wrong with the file, listing every
+            problem found.
+    """
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ModelFormatError("not an .npz archive (no zip structure; truncated or not a model file)", source=source)
     try:
@@ -167,21 +222,15 @@ def read_bytes(
         for name in arrays:
             if name not in listed:
                 problems.append(f"archive entry {name!r} is not listed in the manifest")
-    if not validate_spec(spec):
-        stored_problems = prec.validate_stored(spec, arrays)
-        problems += stored_problems or validate(spec, prec.decode(spec, arrays))
-        declared = manifest.get("precision")
-        if not stored_problems and declared is not None and declared != prec.stored_precision(spec, arrays):
-            problems.append(
-                f"manifest precision {declared!r} differs from the stored weights' "
-                f"{prec.stored_precision(spec, arrays)!r}"
-            )
-    else:
-        problems += validate_spec(spec)
-    if problems:
+    found, checked = model_problems(spec, arrays, owned=True)
+    problems += found
+    declared = manifest.get("precision")
+    if checked is not None and declared is not None and declared != checked.precision:
+        problems.append(f"manifest precision {declared!r} differs from the stored weights' {checked.precision!r}")
+    if problems or checked is None:
         raise ModelFormatError(sorted(set(problems), key=problems.index), source=source)
     producer = manifest.get("producer", {})
     if not isinstance(producer, dict):
         producer = {}
     manifest["producer"] = producer
-    return spec, arrays, manifest
+    return checked, manifest

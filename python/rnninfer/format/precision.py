@@ -104,7 +104,7 @@ def stored_precision(spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> str:
         elif t.dtype == np.int8:
             seen.add("int8")
         else:
-            # float32, or a wrong dtype that spec.validate reports by name.
+            # float32, or a wrong dtype that the tensor rules (checked.py) report by name.
             seen.add("fp32")
     if len(seen) > 1:
         raise ValueError(f"reducible tensors mix precisions {sorted(seen)}; a model has one precision")
@@ -126,7 +126,7 @@ def validate_stored(spec: ModelSpec, tensors: Mapping[str, np.ndarray]) -> list[
                 problems.append(f"unexpected tensor {sname!r} (scales belong to int8 weights only)")
             continue
         if t is None or t.ndim != 2:
-            continue  # spec.validate reports missing or misshapen weights
+            continue  # the tensor rules (checked.py) report missing or misshapen weights
         s = tensors.get(sname)
         if s is None:
             problems.append(f"missing tensor {sname!r} (float32 scales of int8 {name!r}, shape ({t.shape[0]},))")

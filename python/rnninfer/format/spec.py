@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .manifest import GATES, ModelSpec, validate_spec
+from .kinds import GATES
+from .manifest import ModelSpec
 
 DTYPE = np.dtype("<f4")
 DIR_NAMES = ("fwd", "bwd")
@@ -43,29 +44,13 @@ def expected_tensors(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 
 def validate(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> list[str]:
-    """Every problem with a spec and its tensors (empty list when all is well)."""
-    problems = validate_spec(spec)
-    if problems:
-        return problems
-    want = expected_tensors(spec)
-    for name, shape in want.items():
-        if name not in tensors:
-            problems.append(f"missing tensor {name!r} (expected shape {shape}, float32)")
-            continue
-        t = tensors[name]
-        if not isinstance(t, np.ndarray):
-            problems.append(f"tensor {name!r} is not an array")
-            continue
-        if t.dtype != DTYPE:
-            problems.append(f"tensor {name!r} has dtype {t.dtype}, expected float32")
-        if tuple(t.shape) != shape:
-            problems.append(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
-        elif t.dtype.kind == "f" and not np.all(np.isfinite(t)):
-            problems.append(f"tensor {name!r} contains NaN or infinite values")
-    for name in tensors:
-        if name not in want:
-            problems.append(f"unexpected tensor {name!r} (not used by this model)")
-    return problems
+    """Every problem with a spec and its float32 tensors (empty list when all is well).
+
+    The rules are :mod:`rnninfer.format.checked`'s; this is their list form.
+    """
+    from .checked import spec_problems, tensor_problems
+
+    return spec_problems(spec) or tensor_problems(spec, tensors)
 
 
 def count_params(spec: ModelSpec) -> int:

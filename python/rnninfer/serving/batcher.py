@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..model import ArrayLike, Model, _prepare_features, _prepare_tokens
+from ..inputs import ArrayLike, Prepared, check_token_range, prepare
+from ..model import Model
 
 if TYPE_CHECKING:
     import asyncio
@@ -56,7 +57,7 @@ class Overloaded(RuntimeError):
 class _Request:
     """One caller's request: its validated input, how to cut its answer out, how to deliver it."""
 
-    __slots__ = ("data", "error", "future", "kind", "lens", "lock", "loop", "n", "result", "single",
+    __slots__ = ("data", "error", "future", "kind", "lens", "lock", "loop", "n", "prepared", "result",
                  "state", "stream", "t_enqueued", "width", "x")
 
     def __init__(self, kind: str, n: int) -> None:
@@ -64,7 +65,7 @@ class _Request:
         self.n = n  # sequences this request adds to a batch
         self.data: np.ndarray | None = None
         self.lens: np.ndarray | None = None
-        self.single = False
+        self.prepared: Prepared | None = None  # how to turn its rows of the output into its answer
         self.width = 0
         self.stream: Any = None
         self.x: Any = None
@@ -226,38 +227,20 @@ class Batcher:
         return self._queued
 
     # ---- requests ------------------------------------------------------------------------
-    def _predict_request(self, x: ArrayLike, lengths: ArrayLike | None) -> _Request:
-        """Validate ``x`` the way ``model.predict`` does, in the caller's thread."""
+    def _predict_request(self, x: ArrayLike, lengths: ArrayLike | None, padding: str) -> _Request:
+        """Validate ``x`` the way ``model.predict`` does (the same code), in the caller's thread."""
+        p = prepare(x, lengths, padding, tokens=self._tokens, width=self._width, vocab=self._vocab)
+        data = p.data
         if self._tokens:
-            if lengths is None and type(x) is list and x and all(type(v) is int for v in x):
-                # One sequence of ids, the most common request: no per-id isinstance checks.
-                try:
-                    data = np.array(x, dtype=np.int64)[None, :]
-                except OverflowError as e:
-                    raise ValueError(f"sequence 0: token id out of range: {e}") from e
-                lens, single = np.array([len(x)], dtype=np.int32), True
-            elif (lengths is None and type(x) is np.ndarray and x.ndim == 1 and x.size
-                    and x.dtype.kind in "iu" and x.dtype != np.uint64):
-                data = x.astype(np.int64)[None, :]  # a copy: the caller may reuse its array
-                lens, single = np.array([x.size], dtype=np.int32), True
-            else:
-                data, lens, single = _prepare_tokens(x, lengths, self._vocab)
             # The engine range-checks ids as it reads them; in a merged call a bad id would
             # fail everybody, so each request is checked on its own first.
-            T = data.shape[1]
-            inside = data if int(lens.min()) == T else data[np.arange(T)[None, :] < lens[:, None]]
-            lo, hi = int(inside.min()), int(inside.max())
-            if lo < 0 or hi >= self._vocab:
-                bad = lo if lo < 0 else hi
-                b, t = np.argwhere((data == bad) & (np.arange(T)[None, :] < lens[:, None]))[0]
-                raise ValueError(
-                    f"token id {bad} at sequence {int(b)}, step {int(t)} is out of range "
-                    f"for the vocabulary [0, {self._vocab})"
-                )
-        else:
-            data, lens, single = _prepare_features(x, lengths, self._width)
-        req = _Request("predict", int(data.shape[0]))
-        req.data, req.lens, req.single, req.width = data, lens, single, int(data.shape[1])
+            check_token_range(data, p.lengths, p.shift, self._vocab)
+        if not isinstance(x, (list, tuple)) and np.may_share_memory(data, np.asarray(x)):
+            data = data.copy()  # the caller may reuse its array while the request waits
+        n, T = int(data.shape[0]), int(data.shape[1])
+        req = _Request("predict", n)
+        req.data, req.width, req.prepared = data, T, p
+        req.lens = p.lengths if p.lengths is not None else np.full(n, T, dtype=np.int32)
         return req
 
     def _enqueue(self, req: _Request) -> None:
@@ -307,7 +290,7 @@ class Batcher:
             raise req.error
         return req.result
 
-    def predict(self, x: ArrayLike, *, lengths: ArrayLike | None = None,
+    def predict(self, x: ArrayLike, *, lengths: ArrayLike | None = None, padding: str = "post",
                 timeout: float | None = None) -> np.ndarray:
         """Run ``x`` together with other callers' requests; blocks until the answer is ready.
 
@@ -315,12 +298,13 @@ class Batcher:
             x: anything ``model.predict`` takes (one sequence, a ragged list,
                 a padded array).
             lengths: true lengths of a padded array's rows, as for ``predict``.
+            padding: where a padded row's padding sits, as for ``predict``.
             timeout: seconds the request may wait to start; if it has not
                 started by then it is dropped and ``TimeoutError`` is raised
                 (``None``: no limit). A started request always finishes.
 
         Returns:
-            exactly what ``model.predict(x, lengths=lengths)`` returns.
+            exactly what ``model.predict(x, lengths=lengths, padding=padding)`` returns.
 
         Raises:
             TypeError, ValueError: a bad request (only this caller sees it).
@@ -329,7 +313,7 @@ class Batcher:
             RuntimeError: the Batcher is closed.
         """
         timeout = _check_timeout(timeout)
-        req = self._predict_request(x, lengths)
+        req = self._predict_request(x, lengths, padding)
         req.lock = threading.Lock()
         req.lock.acquire()
         self._enqueue(req)
@@ -362,14 +346,14 @@ class Batcher:
                 timer.cancel()
 
     async def predict_async(self, x: ArrayLike, *, lengths: ArrayLike | None = None,
-                            timeout: float | None = None) -> np.ndarray:
+                            padding: str = "post", timeout: float | None = None) -> np.ndarray:
         """:meth:`predict` for asyncio: awaits the answer without a thread per request.
 
         Same arguments, result and errors as :meth:`predict`. Cancelling the
         awaiting task drops the request if it has not started.
         """
         timeout = _check_timeout(timeout)
-        req = self._predict_request(x, lengths)
+        req = self._predict_request(x, lengths, padding)
         out: np.ndarray = await self._await(req, timeout)
         return out
 
@@ -556,8 +540,8 @@ class Batcher:
         model = self._model
         if len(batch) == 1:
             r = batch[0]
-            out = model.predict(r.data, lengths=r.lens)  # type: ignore[arg-type]
-            r.result = out[0] if r.single else out
+            out = model.predict(r.data, lengths=r.lens)
+            r.result = r.prepared.finish(out, self._sequences)  # type: ignore[union-attr]
             return
         total = sum(r.n for r in batch)
         T = max(r.width for r in batch)
@@ -575,7 +559,7 @@ class Batcher:
             part = out[s:s + r.n]
             if self._sequences:
                 part = part[:, :r.width]  # this request's own T, as predict gives it alone
-            r.result = (part[0] if r.single else part).copy()
+            r.result = r.prepared.finish(part, self._sequences).copy()  # type: ignore[union-attr]
             s += r.n
 
     def _run_feed(self, batch: list[_Request]) -> None:

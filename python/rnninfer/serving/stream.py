@@ -11,6 +11,8 @@ The state is a dict of float32 arrays, one per layer and kind::
 
     layers.<i>.fwd.h   (dir_width,)  hidden state of layer i (its projection for a projected LSTM)
     layers.<i>.fwd.c   (units,)      cell state of layer i (LSTM only)
+    readout.max        (width,)      max readout: the running max of the top layer's outputs
+    readout.steps      (1,)          max readout: steps pooled so far (masked steps are not)
 
 ``model.stream(state=...)`` resumes from such a dict, in this process or
 another, on this or another copy of the same model.
@@ -26,7 +28,8 @@ import numpy as np
 from .. import _core
 
 if TYPE_CHECKING:
-    from ..model import ArrayLike, Model
+    from ..inputs import ArrayLike
+    from ..model import Model
 
 __all__ = ["Stream", "feed_many", "state_layout"]
 
@@ -40,13 +43,11 @@ def _normalise(model: Model, x: Any, where: str) -> np.ndarray:
     """One sequence's new steps in the canonical form the engine reads
     (int64 ids, or float32 ``(n, F)``), by the same rules and messages as
     ``Model.predict``'s input."""
-    from ..model import _prepare_features, _prepare_tokens
+    from ..inputs import prepare
 
     try:
-        if model._tokens:
-            arr, _, single = _prepare_tokens(x, None, model._vocab)
-        else:
-            arr, _, single = _prepare_features(x, None, model._width)
+        arr, _, single, _ = prepare(x, None, "post", tokens=model._tokens, width=model._width,
+                                    vocab=model._vocab)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{where}: {e}") from None
     if not single:
@@ -76,7 +77,7 @@ class Stream(_core.StreamCore):
 
         Raises:
             ValueError: the model has a layer that reads backwards or a
-                pooled readout (named), or ``state`` does not fit the model
+                mean readout (named), or ``state`` does not fit the model
                 (the entry is named).
         """
         super().__init__(model._engine)
@@ -142,8 +143,12 @@ def _flat_state(model: Model, state: Mapping[str, np.ndarray]) -> np.ndarray:
             raise ValueError(f"state entry {name!r} has dtype {v.dtype}, expected float32")
         if v.shape != (size,):
             raise ValueError(f"state entry {name!r} has shape {v.shape}, expected ({size},)")
-        if not np.isfinite(v).all():
+        # A max readout's pool holds -inf where every value it saw was -inf.
+        bad = ~np.isfinite(v) & ~((v == -np.inf) if name == "readout.max" else False)
+        if bad.any():
             raise ValueError(f"state entry {name!r} contains NaN or infinity")
+        if name == "readout.steps" and not (v[0] >= 0 and float(v[0]).is_integer()):
+            raise ValueError(f"state entry 'readout.steps' must be a whole number >= 0, got {v[0]}")
         flat[off:off + size] = v
     return flat
 
