@@ -42,10 +42,10 @@ def from_keras(src: object, *, check: bool = True, tolerance: float = 1e-4) -> M
     """
     from .converters.keras import convert_keras, keras_probe
 
-    spec, tensors, producer = convert_keras(src)
-    model = Model(spec, tensors, producer=producer)
+    conv = convert_keras(src)
+    model = Model._from_checked(conv.checked, producer=conv.producer)
     if check and not isinstance(src, (str, os.PathLike)):
-        _check(model, keras_probe(src, spec), tolerance, "the Keras model")
+        _check(model, keras_probe(src, conv.spec), tolerance, "the Keras model")
     return model
 
 
@@ -89,7 +89,7 @@ def from_torch(
     """
     from .converters.torch import convert_torch_probed
 
-    (spec, tensors, producer), probe = convert_torch_probed(
+    conv, probe = convert_torch_probed(
         src,
         readout=readout,
         head_activation=head_activation,
@@ -97,7 +97,7 @@ def from_torch(
         nonlinearity=nonlinearity,
         example_inputs=example_inputs,
     )
-    model = Model(spec, tensors, producer=producer)
+    model = Model._from_checked(conv.checked, producer=conv.producer)
     if check:
         _check(model, probe, tolerance, "the module's forward")
     return model
