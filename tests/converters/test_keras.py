@@ -624,9 +624,9 @@ def test_stateful_layer_warns(tmp_path: Path) -> None:
     randomize(model, 9)
     path = tmp_path / "s.keras"
     model.save(path)
-    with pytest.warns(UserWarning, match=r"'st' \(LSTM\).*stateful"):
+    with pytest.warns(UserWarning, match=r"'st' \(LSTM\).*stateful.*carried by a stream, model\.stream\(\)"):
         conv = convert_keras(path)
-    assert any("stateless" in n for n in conv[2]["notes"])
+    assert any("stateful=True; model.stream() carries the state" in n for n in conv.producer["notes"])
     seq = np.array([3, 8, 1, 4])
     assert_close(predict(conv, seq), kcall(model, seq[None])[0], "stateful as stateless")
 
