@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,23 @@ from .converters.base import Probe
 from .errors import ModelFormatError
 from .model import Model, build, load
 from .serving.batcher import Batcher, Overloaded
+
+if TYPE_CHECKING:
+    from .serving.stream import Stream
+
+
+def __getattr__(name: str) -> Any:
+    # Stream's module loads the compiled engine; ``import rnninfer`` does not
+    # (the file format and the converters work without it), so it loads on first use.
+    if name == "Stream":
+        from .serving.stream import Stream
+
+        return Stream
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"Stream"})
 
 
 def isa() -> str:
@@ -108,6 +125,7 @@ __all__ = [
     "Model",
     "ModelFormatError",
     "Overloaded",
+    "Stream",
     "__version__",
     "build",
     "from_keras",
