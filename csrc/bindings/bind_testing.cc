@@ -195,6 +195,20 @@ void register_testing(py::module_& m) {
       },
       py::arg("isa"), py::arg("activation"), py::arg("x"),
       "Apply an element-wise activation with the given ISA's kernel.");
+  t.def(
+      "fma_chain_seconds",
+      [](const std::string& isa, long n) {
+        if (n < 1) throw std::invalid_argument("n must be >= 1");
+        const KernelTable& k = kernels_for(isa);
+        py::gil_scoped_release release;
+        const auto t0 = std::chrono::steady_clock::now();
+        volatile float sink = k.fma_chain(1.5f, n);
+        (void)sink;
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / n;
+      },
+      py::arg("isa"), py::arg("n"),
+      "Seconds per dependent vector FMA of the ISA (n in a chain): the latency behind the "
+      "batch-1 latency-chain limit of the small-models benchmark.");
   t.def("recurrent_step", &recurrent_step, py::arg("isa"), py::arg("cell"), py::arg("w_hh"),
         py::arg("xp"), py::arg("h_prev"), py::arg("c_prev") = py::none(), py::arg("b_hn") = py::none(),
         py::arg("reset_after") = true, py::arg("activation") = "tanh",
