@@ -76,18 +76,21 @@ inline void product(const PackedRec& pw, int tile, const float* h, std::size_t l
   }
 }
 
-// Independent accumulator chains worth keeping in flight. One FMA chain
-// issues once per FMA latency (4 cycles on current x86 cores) and the cores
-// retire up to two vector FMAs per cycle, so fewer than 8 chains leave the FMA
-// units idle: a row of an LSTM tile has only 4 (one per gate). Rows that run
-// alone (batch 1, a row-group tail) therefore take several unit tiles per
-// pass over K. Each element still has its own single accumulator summed in
-// increasing k, so the bits are those of one tile per pass. The count leaves
-// room for the broadcast row values in the register file (32 vector
-// registers on AVX-512, 16 on AVX2 and the scalar path's SSE).
+// Independent accumulator chains worth keeping in flight when rows run alone
+// (batch 1, a row-group tail): one FMA chain issues once per FMA latency
+// (4 cycles on current x86 cores), so the FMA units idle unless latency x
+// FMAs issued per cycle chains are in flight. A row of an LSTM tile has 4
+// (one per gate), a GRU tile 3, an RNN tile 1; a pass over K then takes
+// several unit tiles (tiles_per_pass). Each element still has its own single
+// accumulator summed in increasing k, so the bits are those of one tile per
+// pass. Measured on Zen 4 (one 512-bit FMA per cycle, two 256-bit): 4 chains
+// of zmm saturate it, and a pass over 2-4 LSTM(64) tiles at once (8-16
+// chains) was 15-35 % slower than one tile at a time (more concurrent L2
+// streams for no more FMA throughput); AVX2 issues two ymm FMAs per cycle,
+// hence 8 there.
 template <Isa I>
 constexpr int chains() {
-  return Ops<I>::kLanes >= 16 ? 16 : (Ops<I>::kLanes >= 8 ? 12 : 8);
+  return Ops<I>::kLanes == 8 ? 8 : 4;
 }
 
 // Most unit tiles in one pass (each remainder count gets its own instance).
