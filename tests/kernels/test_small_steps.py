@@ -94,7 +94,7 @@ def test_rows_same_bits_on_every_path_and_match_float64(isa, rng, cell, G, reset
         np.testing.assert_array_equal(cn[rev], full_c)
 
 
-@pytest.mark.parametrize("H", (16, 32, 64))
+@pytest.mark.parametrize("H", [16, 32, 64])
 def test_non_default_activations_keep_row_bits(isa, rng, H):
     # The generic-activation body takes the same paths as the sigmoid/tanh one.
     w, xp, h, c, _ = _inputs(rng, 4, H, 9)
