@@ -65,8 +65,8 @@ struct Plan {
 // be busy at batch 1, few enough that a block's projections stay in L2.
 constexpr int kTimeBlock = 16;
 // Large batches: blocks short enough that their projections stay in L2
-// (kBlockProjectionBytes), but never below kMinBlockSteps steps, so that each
-// block still amortises streaming the input weights over several steps.
+// (kBlockProjectionBytes), when that leaves at least kMinBlockSteps steps, so
+// that each block still amortises streaming the input weights over several.
 constexpr std::size_t kBlockProjectionBytes = std::size_t{256} << 10;
 constexpr int kMinBlockSteps = 4;
 
