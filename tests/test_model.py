@@ -242,3 +242,29 @@ def test_uint64_ids_beyond_int64(tok_model):
     with pytest.raises(ValueError, match="token id 9223372036854775813"):
         tok_model.predict(x)
     assert tok_model.predict(np.array([1, 2], np.uint64)).shape == (3,)
+
+
+# ---- the package's top level ------------------------------------------------------------
+def test_top_level_exports(tok_model):
+    from rnninfer.serving.batcher import Batcher, Overloaded
+    from rnninfer.serving.stream import Stream
+
+    assert all(hasattr(rnninfer, name) for name in rnninfer.__all__)
+    assert {"Stream", "Batcher", "Overloaded"} <= set(rnninfer.__all__) <= set(dir(rnninfer))
+    assert (rnninfer.Stream, rnninfer.Batcher, rnninfer.Overloaded) == (Stream, Batcher, Overloaded)
+    assert isinstance(tok_model.stream(), rnninfer.Stream)
+    with pytest.raises(AttributeError, match="no attribute 'Streams'"):
+        rnninfer.Streams  # noqa: B018
+
+
+def test_import_does_not_load_the_engine():
+    """``import rnninfer`` (and so the file format and converters) works without ``_core``."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, rnninfer; assert 'rnninfer._core' not in sys.modules; "
+            "rnninfer.Stream; assert 'rnninfer._core' in sys.modules")
+    env = dict(os.environ, PYTHONPATH=str(Path(rnninfer.__file__).parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)

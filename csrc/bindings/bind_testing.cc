@@ -4,12 +4,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
+#include <numeric>
 #include <string>
+#include <vector>
 
 #include "bindings/py_engine.h"
 #include "cpu/cpu_features.h"
 #include "cpu/dispatch.h"
 #include "engine/model_desc.h"
+#include "engine/packing.h"
 #include "engine/scheduler.h"
 
 namespace py = pybind11;
@@ -62,6 +66,92 @@ py::tuple trace_tokens(const PyEngine& e, const TokenArray& tokens, const IntArr
   return py::make_tuple(out, plan, units, records);
 }
 
+using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+void check_shape(const FArray& a, std::vector<py::ssize_t> shape, const char* name) {
+  std::vector<py::ssize_t> got(a.shape(), a.shape() + a.ndim());
+  if (got != shape) throw std::invalid_argument(std::string(name) + " has the wrong shape");
+}
+
+// One recurrent step of `cell` through the table of `isa`: the weights packed
+// as the engine packs them, every row of h_prev/xp (and c_prev) one sequence.
+// Returns (h_next, c_next or None, seconds per step over `reps` repetitions).
+py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray w_hh, FArray xp,
+                         FArray h_prev, py::object c_prev_obj, py::object b_hn_obj, bool reset_after,
+                         const std::string& act, const std::string& ract, int reps) {
+  const KernelTable& k = kernels_for(isa);
+  const bool lstm = cell == "lstm", gru = cell == "gru";
+  if (!lstm && !gru && cell != "rnn") throw std::invalid_argument("cell must be lstm, gru or rnn");
+  if (reps < 1) throw std::invalid_argument("reps must be >= 1");
+  const int G = lstm ? 4 : (gru ? 3 : 1);
+  if (w_hh.ndim() != 2 || w_hh.shape(0) % G != 0 || w_hh.shape(0) == 0)
+    throw std::invalid_argument("w_hh must be (G*H, H)");
+  const int H = static_cast<int>(w_hh.shape(0) / G);
+  check_shape(w_hh, {G * H, H}, "w_hh");
+  if (h_prev.ndim() != 2 || h_prev.shape(0) < 1) throw std::invalid_argument("h_prev must be (n, H)");
+  const int n = static_cast<int>(h_prev.shape(0));
+  check_shape(h_prev, {n, H}, "h_prev");
+  check_shape(xp, {n, G * H}, "xp");
+  FArray c_prev;
+  if (lstm) {
+    c_prev = c_prev_obj.cast<FArray>();
+    check_shape(c_prev, {n, H}, "c_prev");
+  }
+  FArray b_hn;
+  const bool has_b_hn = gru && reset_after && !b_hn_obj.is_none();
+  if (has_b_hn) {
+    b_hn = b_hn_obj.cast<FArray>();
+    check_shape(b_hn, {H}, "b_hn");
+  }
+  RecWeights wh, wh_n;
+  if (gru && !reset_after) {
+    pack_rec(w_hh.data(), H, H, {0, 1}, k.rec_tile, &wh);
+    pack_rec(w_hh.data(), H, H, {2}, k.rec_tile, &wh_n);
+  } else {
+    std::vector<int> gates(static_cast<std::size_t>(G));
+    std::iota(gates.begin(), gates.end(), 0);
+    pack_rec(w_hh.data(), H, H, gates, k.rec_tile, &wh);
+  }
+  const std::size_t nh = static_cast<std::size_t>(n) * H;
+  std::vector<float> c_next(nh), gru_scratch(2 * nh), partial(static_cast<std::size_t>(n) * 4 * 16),
+      hq(static_cast<std::size_t>(n) * hq_floats_per_row(static_cast<std::size_t>(H)));
+  py::array_t<float> h_next({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(H)});
+  StepArgs a;
+  a.w = &wh.view;
+  a.w2 = &wh_n.view;
+  a.n = n;
+  a.h_prev = h_prev.data();
+  a.ld_h = static_cast<std::size_t>(H);
+  a.xp = xp.data();
+  a.ld_xp = static_cast<std::size_t>(G) * H;
+  a.b_hn = has_b_hn ? b_hn.data() : nullptr;
+  a.c_prev = lstm ? c_prev.data() : nullptr;
+  a.c_next = c_next.data();
+  a.ld_c = static_cast<std::size_t>(H);
+  a.h_next = h_next.mutable_data();
+  a.ld_hn = static_cast<std::size_t>(H);
+  a.scratch = gru_scratch.data();
+  a.partial = partial.data();
+  a.hq = hq.data();
+  a.act = parse_act(act);
+  a.ract = parse_act(ract);
+  const StepFn fn = lstm ? k.lstm_step : (gru ? (reset_after ? k.gru_step : k.gru_reset_before_step) : k.rnn_step);
+  double seconds;
+  {
+    py::gil_scoped_release release;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) fn(a);
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+  }
+  py::object c_out = py::none();
+  if (lstm) {
+    py::array_t<float> c({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(H)});
+    std::copy(c_next.begin(), c_next.end(), c.mutable_data());
+    c_out = c;
+  }
+  return py::make_tuple(h_next, c_out, seconds);
+}
+
 }  // namespace
 
 void register_testing(py::module_& m) {
@@ -105,6 +195,26 @@ void register_testing(py::module_& m) {
       },
       py::arg("isa"), py::arg("activation"), py::arg("x"),
       "Apply an element-wise activation with the given ISA's kernel.");
+  t.def(
+      "fma_chain_seconds",
+      [](const std::string& isa, long n) {
+        if (n < 1) throw std::invalid_argument("n must be >= 1");
+        const KernelTable& k = kernels_for(isa);
+        py::gil_scoped_release release;
+        const auto t0 = std::chrono::steady_clock::now();
+        volatile float sink = k.fma_chain(1.5f, n);
+        (void)sink;
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / n;
+      },
+      py::arg("isa"), py::arg("n"),
+      "Seconds per dependent vector FMA of the ISA (n in a chain): the latency behind the "
+      "batch-1 latency-chain limit of the small-models benchmark.");
+  t.def("recurrent_step", &recurrent_step, py::arg("isa"), py::arg("cell"), py::arg("w_hh"),
+        py::arg("xp"), py::arg("h_prev"), py::arg("c_prev") = py::none(), py::arg("b_hn") = py::none(),
+        py::arg("reset_after") = true, py::arg("activation") = "tanh",
+        py::arg("recurrent_activation") = "sigmoid", py::arg("reps") = 1,
+        "One fp32 recurrent step (rows = sequences) through the ISA's step kernel: "
+        "(h_next, c_next or None, seconds per step over reps repetitions).");
   t.def(
       "split_batch_weighted",
       [](const std::vector<int>& lengths, const std::vector<double>& speeds, int min_rows) {

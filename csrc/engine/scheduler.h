@@ -23,6 +23,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -63,6 +64,11 @@ struct Plan {
 // Steps per block for one thread: enough rows for the gemm's register tile to
 // be busy at batch 1, few enough that a block's projections stay in L2.
 constexpr int kTimeBlock = 16;
+// Large batches: blocks short enough that their projections stay in L2
+// (kBlockProjectionBytes), when that leaves at least kMinBlockSteps steps, so
+// that each block still amortises streaming the input weights over several.
+constexpr std::size_t kBlockProjectionBytes = std::size_t{256} << 10;
+constexpr int kMinBlockSteps = 4;
 
 // Plans a call. `lengths` are the sequence lengths sorted longest first;
 // `threads` the threads available for this call.

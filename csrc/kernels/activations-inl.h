@@ -25,7 +25,7 @@ struct Math {
   using O = Ops<I>;
   using V = typename O::V;
 
-  static inline V exp(V x) {
+  static RNNINFER_INLINE V exp(V x) {
     // Clamp keeps 2^n representable; max(lo, x) keeps NaN (Ops::max contract).
     x = O::min(O::set1(88.3762626647949f), x);
     x = O::max(O::set1(-87.3365447504f), x);
@@ -45,7 +45,7 @@ struct Math {
   }
 
   // Natural log for x > 0 (x <= 0 gives garbage; callers only pass 1 + e^y).
-  static inline V log(V x) {
+  static RNNINFER_INLINE V log(V x) {
     V e;
     V m = O::frexp(x, &e);
     // Bring m into [sqrt(1/2), sqrt(2)) for the polynomial.
@@ -71,14 +71,14 @@ struct Math {
     return r;
   }
 
-  static inline V sigmoid(V x) {
+  static RNNINFER_INLINE V sigmoid(V x) {
     const V y = O::div(O::set1(1.0f), O::add(O::set1(1.0f), exp(O::neg(x))));
     // Below -88 the true value is under 6e-39; exactly 0 there keeps x * sigmoid(x)
     // (swish) at 0 for huge negative x instead of x times a clamped denormal.
     return O::select(O::lt(x, O::set1(-88.0f)), O::zero(), y);
   }
 
-  static inline V tanh(V x) {
+  static RNNINFER_INLINE V tanh(V x) {
     const V ax = O::abs(x);
     // Large |x|: 1 - 2 / (e^{2|x|} + 1), no cancellation there.
     const V big = O::sub(O::set1(1.0f),
@@ -95,13 +95,13 @@ struct Math {
     return O::copysign(O::select(O::ge(ax, O::set1(0.625f)), big, O::abs(small)), x);
   }
 
-  static inline V softplus(V x) {
+  static RNNINFER_INLINE V softplus(V x) {
     // max(x, 0) + log(1 + e^{-|x|}): never overflows.
     const V t = exp(O::neg(O::abs(x)));
     return O::add(O::max(O::zero(), x), log(O::add(O::set1(1.0f), t)));
   }
 
-  static inline V erf(V x) {
+  static RNNINFER_INLINE V erf(V x) {
     const V ax = O::abs(x);
     const V t = O::div(O::set1(1.0f), O::fma(O::set1(0.3275911f), ax, O::set1(1.0f)));
     V p = O::set1(1.061405429f);
@@ -114,7 +114,7 @@ struct Math {
     return O::copysign(y, x);
   }
 
-  static inline V hard_sigmoid(V x, float slope) {
+  static RNNINFER_INLINE V hard_sigmoid(V x, float slope) {
     const V y = O::fma(x, O::set1(slope), O::set1(0.5f));
     return O::min(O::set1(1.0f), O::max(O::zero(), y));
   }

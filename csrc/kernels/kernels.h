@@ -170,6 +170,8 @@ struct KernelTable {
   RecLayout i8_rec_layout;
   RecLayout bf16_gemm_layout;
   RecLayout i8_gemm_layout;
+  // Benchmark probe (probe-inl.h): n dependent vector FMAs from x; not used by the engine.
+  float (*fma_chain)(float x, long n);
 };
 
 namespace kernels {

@@ -5,6 +5,7 @@
 #include "simd/vec.h"
 #include "kernels/gemm-inl.h"
 #include "kernels/kernels.h"
+#include "kernels/probe-inl.h"
 #include "kernels/recurrent-inl.h"
 
 namespace rnninfer {
@@ -32,6 +33,7 @@ const KernelTable& table() {
       RecLayout::kPlain,
       RecLayout::kPlain,
       RecLayout::kPlain,
+      &probe_impl::fma_chain<kIsa>,
   };
   return t;
 }

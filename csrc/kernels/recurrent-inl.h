@@ -76,6 +76,67 @@ inline void product(const PackedRec& pw, int tile, const float* h, std::size_t l
   }
 }
 
+// Independent accumulator chains worth keeping in flight when rows run alone
+// (batch 1, a row-group tail): one FMA chain issues once per FMA latency
+// (4 cycles on current x86 cores), so the FMA units idle unless latency x
+// FMAs issued per cycle chains are in flight. A row of an LSTM tile has 4
+// (one per gate), a GRU tile 3, an RNN tile 1; a pass over K then takes
+// several unit tiles (tiles_per_pass). Each element still has its own single
+// accumulator summed in increasing k, so the bits are those of one tile per
+// pass. Measured on Zen 4 (one 512-bit FMA per cycle, two 256-bit): 4 chains
+// of zmm saturate it, and a pass over 2-4 LSTM(64) tiles at once (8-16
+// chains) was 15-35 % slower than one tile at a time (more concurrent L2
+// streams for no more FMA throughput); AVX2 issues two ymm FMAs per cycle,
+// hence 8 there.
+template <Isa I>
+constexpr int chains() {
+  return Ops<I>::kLanes == 8 ? 8 : 4;
+}
+
+// Most unit tiles in one pass (each remainder count gets its own instance).
+constexpr int kMaxTilesPerPass = 8;
+
+// Unit tiles per pass for R rows of G gates: enough for chains<I>() accumulators.
+template <Isa I, int G, int R>
+constexpr int tiles_per_pass() {
+  constexpr int t = chains<I>() / (G * R);
+  return t < 1 ? 1 : (t > kMaxTilesPerPass ? kMaxTilesPerPass : t);
+}
+
+// acc[r][j][g] = W_g(tile0 + j) h_r for TB consecutive unit tiles, all of K
+// in one pass (no partial sums): the same per-element operations as product().
+template <Isa I, int G, int RB, int TB, WType T>
+inline void product_tiles(const PackedRec& pw, int tile0, const float* h, std::size_t ld_h,
+                          typename Ops<I>::V (&acc)[RB][TB][G]) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  using W = wload::WeightOps<I, T>;
+  constexpr int L = O::kLanes;
+  const std::size_t tile_stride = static_cast<std::size_t>(pw.k) * G * L;
+  const typename W::E* w = W::base(pw) + static_cast<std::size_t>(tile0) * tile_stride;
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < TB; ++j)
+      for (int g = 0; g < G; ++g) acc[r][j][g] = O::zero();
+  for (int k = 0; k < pw.k; ++k, w += G * L) {
+    V hv[RB];
+    for (int r = 0; r < RB; ++r) hv[r] = O::set1(h[r * ld_h + k]);
+    for (int j = 0; j < TB; ++j)
+      for (int g = 0; g < G; ++g) {
+        const V wv = W::load(w + j * tile_stride + g * L);
+        for (int r = 0; r < RB; ++r) acc[r][j][g] = O::fma(wv, hv[r], acc[r][j][g]);
+      }
+  }
+  if (T == WType::kI8) {
+    for (int j = 0; j < TB; ++j) {
+      const float* sc = pw.scale + static_cast<std::size_t>(tile0 + j) * G * L;
+      for (int g = 0; g < G; ++g) {
+        const V s = O::load(sc + g * L);
+        for (int r = 0; r < RB; ++r) acc[r][j][g] = O::mul(acc[r][j][g], s);
+      }
+    }
+  }
+}
+
 // K steps per chunk when many rows share a step: the chunk of one tile's
 // weights (~16 KiB) stays in L1 while every row group passes over it, instead
 // of the whole tile being streamed from L2 once per row group.
@@ -130,10 +191,10 @@ template <Isa I, bool kDefault>
 struct Acts {
   using V = typename Ops<I>::V;
   Act act, ract;
-  inline V gate(V x) const {
+  RNNINFER_INLINE V gate(V x) const {
     return kDefault ? act::Math<I>::sigmoid(x) : act::Math<I>::apply(ract, x);
   }
-  inline V cand(V x) const {
+  RNNINFER_INLINE V cand(V x) const {
     return kDefault ? act::Math<I>::tanh(x) : act::Math<I>::apply(act, x);
   }
 };
@@ -143,7 +204,7 @@ struct Acts {
 // are shared by the widen-in-registers products below and the dot-product
 // kernels of recurrent_dot_avx512-inl.h.
 template <Isa I, int RB, bool kDefault>
-inline void lstm_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][4]) {
+RNNINFER_INLINE void lstm_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][4]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -166,7 +227,7 @@ inline void lstm_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V 
 }
 
 template <Isa I, int RB, bool kDefault>
-inline void gru_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][3]) {
+RNNINFER_INLINE void gru_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][3]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -190,7 +251,7 @@ inline void gru_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (
 // GRU with the reset gate before the product, pass 1: r and z, then r*h and
 // z are parked in scratch (n x H each) for pass 2, which needs r*h of all units.
 template <Isa I, int RB, bool kDefault>
-inline void gru_rb_update1(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][2]) {
+RNNINFER_INLINE void gru_rb_update1(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][2]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -211,7 +272,7 @@ inline void gru_rb_update1(const StepArgs& a, int r0, int tile, typename Ops<I>:
 }
 
 template <Isa I, int RB, bool kDefault>
-inline void gru_rb_update2(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1]) {
+RNNINFER_INLINE void gru_rb_update2(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -232,7 +293,7 @@ inline void gru_rb_update2(const StepArgs& a, int r0, int tile, typename Ops<I>:
 }
 
 template <Isa I, int RB>
-inline void rnn_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1]) {
+RNNINFER_INLINE void rnn_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1]) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -246,51 +307,31 @@ inline void rnn_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (
   }
 }
 
-template <Isa I, int RB, bool kDefault, WType T>
-inline void lstm_rows(const StepArgs& a, int r0, int tile) {
+// The product of RB rows x TB unit tiles from `tile` on, then `update` for
+// each tile. TB == 1 may resume from partial sums (k_begin > 0, see
+// product()); several tiles always run all of K in one pass (for_rows only
+// asks for them then). Either way each element gets the same operations.
+template <Isa I, int G, int RB, int TB, WType T, typename Update>
+RNNINFER_INLINE void rows_tiles(const StepArgs& a, const PackedRec& pw, const float* h,
+                                std::size_t ld_h, int r0, int tile, Update update) {
+  using V = typename Ops<I>::V;
   constexpr int L = Ops<I>::kLanes;
-  typename Ops<I>::V acc[RB][4];
-  product<I, 4, RB, T>(*a.w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * 4 * L);
-  lstm_update<I, RB, kDefault>(a, r0, tile, acc);
-}
-
-template <Isa I, int RB, bool kDefault, WType T>
-inline void gru_rows(const StepArgs& a, int r0, int tile) {
-  constexpr int L = Ops<I>::kLanes;
-  typename Ops<I>::V acc[RB][3];
-  product<I, 3, RB, T>(*a.w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * 3 * L);
-  gru_update<I, RB, kDefault>(a, r0, tile, acc);
-}
-
-template <Isa I, int RB, bool kDefault, WType T>
-inline void gru_rb_pass1(const StepArgs& a, int r0, int tile) {
-  constexpr int L = Ops<I>::kLanes;
-  typename Ops<I>::V acc[RB][2];
-  product<I, 2, RB, T>(*a.w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * 2 * L);
-  gru_rb_update1<I, RB, kDefault>(a, r0, tile, acc);
-}
-
-template <Isa I, int RB, bool kDefault, WType T>
-inline void gru_rb_pass2(const StepArgs& a, int r0, int tile) {
-  constexpr int L = Ops<I>::kLanes;
-  const int H = a.w2->h;
-  const float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
-  typename Ops<I>::V acc[RB][1];
-  product<I, 1, RB, T>(*a.w2, tile, rh + r0 * H, static_cast<std::size_t>(H), acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * L);
-  gru_rb_update2<I, RB, kDefault>(a, r0, tile, acc);
-}
-
-template <Isa I, int RB, bool kDefault, WType T>
-inline void rnn_rows(const StepArgs& a, int r0, int tile) {
-  constexpr int L = Ops<I>::kLanes;
-  typename Ops<I>::V acc[RB][1];
-  product<I, 1, RB, T>(*a.w, tile, a.h_prev + r0 * a.ld_h, a.ld_h, acc, a.k_begin,
-                       a.partial + static_cast<std::size_t>(r0) * L);
-  rnn_update<I, RB>(a, r0, tile, acc);
+  if constexpr (TB == 1) {
+    V acc[RB][G];
+    product<I, G, RB, T>(pw, tile, h + r0 * ld_h, ld_h, acc, a.k_begin,
+                         a.partial + static_cast<std::size_t>(r0) * G * L);
+    update(a, r0, tile, acc);
+  } else {
+    assert(a.k_begin == 0);
+    V acc[RB][TB][G];
+    product_tiles<I, G, RB, TB, T>(pw, tile, h + r0 * ld_h, ld_h, acc);
+    for (int j = 0; j < TB; ++j) {
+      V one[RB][G];
+      for (int r = 0; r < RB; ++r)
+        for (int g = 0; g < G; ++g) one[r][g] = acc[r][j][g];
+      update(a, r0, tile + j, one);
+    }
+  }
 }
 
 template <Isa I>
@@ -298,35 +339,70 @@ inline int tiles_of(int h) {
   return (h + Ops<I>::kLanes - 1) / Ops<I>::kLanes;
 }
 
-// Runs full(args, r0, tile) over every (row group of RB rows, tile) and
-// one(args, r, tile) over the remaining rows; both perform the same
-// per-element operations. Few rows: rows outer, tiles inner, each tile's
-// product in one pass. Many rows: tiles outer; all but the last K chunk of
-// the tile are summed first for every row (partial_sums, the chunk staying
-// in L1), then the row groups finish the last chunk and the update.
-template <Isa I, int G, int RB, WType T, typename Full, typename One>
+// The last n < TB unit tiles from `tile` in one pass.
+template <Isa I, int G, int R, int TB, WType T, typename Update>
+RNNINFER_INLINE void tile_tail(int n, const StepArgs& a, const PackedRec& pw, const float* h,
+                               std::size_t ld_h, int r0, int tile, Update update) {
+  if constexpr (TB > 0) {
+    if (n == TB) return rows_tiles<I, G, R, TB, T>(a, pw, h, ld_h, r0, tile, update);
+    tile_tail<I, G, R, TB - 1, T>(n, a, pw, h, ld_h, r0, tile, update);
+  }
+}
+
+// Rows [r0, r0 + R) over the unit tiles [t0, t1), tiles_per_pass() at a time
+// and the remaining tiles in one more pass.
+template <Isa I, int G, int R, WType T, typename Update>
+RNNINFER_INLINE void row_group(const StepArgs& a, const PackedRec& pw, const float* h,
+                               std::size_t ld_h, int r0, int t0, int t1, Update update) {
+  constexpr int TB = tiles_per_pass<I, G, R>();
+  int t = t0;
+  for (; t + TB <= t1; t += TB) rows_tiles<I, G, R, TB, T>(a, pw, h, ld_h, r0, t, update);
+  if (t < t1) tile_tail<I, G, R, TB - 1, T>(t1 - t, a, pw, h, ld_h, r0, t, update);
+}
+
+// The last n < RB rows from r0 as one group of exactly n rows (each weight
+// vector loaded once for all of them).
+template <Isa I, int G, int R, WType T, typename Update>
+RNNINFER_INLINE void row_tail(int n, const StepArgs& a, const PackedRec& pw, const float* h,
+                              std::size_t ld_h, int r0, int t0, int t1, Update update) {
+  if constexpr (R > 0) {
+    if (n == R) return row_group<I, G, R, T>(a, pw, h, ld_h, r0, t0, t1, update);
+    row_tail<I, G, R - 1, T>(n, a, pw, h, ld_h, r0, t0, t1, update);
+  }
+}
+
+// Runs the product of weights pw with rows h (n = a.n rows, stride ld_h) and
+// update(args, r0, tile, acc[R][G]) over every (row group, unit tile); every
+// element gets the same operations whatever its group, tile order or pass.
+//  - At most RB rows: rows outer (groups of RB, the rest as one smaller group),
+//    several tiles per pass when a group has too few accumulators to keep the
+//    FMA units busy (tiles_per_pass). Each weight vector is loaded once.
+//  - More rows: tiles outer, so one tile's weights stay in L1 while every row
+//    group passes over them (rows outer would stream all the weights from L2
+//    once per row group: twice the FMA time for an LSTM(64) at batch 64).
+//    With K longer than a chunk (chunk_k), all but the last K chunk of the
+//    tile are summed first for every row (partial_sums), then the row groups
+//    finish the last chunk and the update.
+template <Isa I, int G, int RB, WType T, typename Update>
 inline void for_rows(const StepArgs& a, const PackedRec& pw, const float* h, std::size_t ld_h,
-                     Full full, One one) {
+                     Update update) {
   const int t0 = a.tile_begin;
   const int t1 = a.tile_end < 0 ? tiles_of<I>(pw.h) : a.tile_end;
   const int n = a.n;
   constexpr int KC = chunk_k<I, G, T>();
   StepArgs b = a;
-  if (n <= RB || pw.k <= KC || a.partial == nullptr) {
-    b.k_begin = 0;
-    int r = 0;
-    for (; r + RB <= n; r += RB)
-      for (int t = t0; t < t1; ++t) full(b, r, t);
-    for (; r < n; ++r)
-      for (int t = t0; t < t1; ++t) one(b, r, t);
-    return;
+  b.k_begin = 0;
+  if (n <= RB) {
+    if (n == RB) return row_group<I, G, RB, T>(b, pw, h, ld_h, 0, t0, t1, update);
+    return row_tail<I, G, RB - 1, T>(n, b, pw, h, ld_h, 0, t0, t1, update);
   }
-  b.k_begin = ((pw.k - 1) / KC) * KC;
+  const bool chunked = pw.k > KC && a.partial != nullptr;
+  if (chunked) b.k_begin = ((pw.k - 1) / KC) * KC;
   for (int t = t0; t < t1; ++t) {
-    partial_sums<I, G, RB, T>(pw, t, h, ld_h, n, b.k_begin, a.partial);
+    if (chunked) partial_sums<I, G, RB, T>(pw, t, h, ld_h, n, b.k_begin, a.partial);
     int r = 0;
-    for (; r + RB <= n; r += RB) full(b, r, t);
-    for (; r < n; ++r) one(b, r, t);
+    for (; r + RB <= n; r += RB) rows_tiles<I, G, RB, 1, T>(b, pw, h, ld_h, r, t, update);
+    if (r < n) row_tail<I, G, RB - 1, T>(n - r, b, pw, h, ld_h, r, t, t + 1, update);
   }
 }
 
@@ -347,6 +423,50 @@ inline void with_type(WType t, Body body) {
   body(std::integral_constant<WType, WType::kF32>());
 }
 
+
+// The update functions as generic callables for for_rows: update(args, r0,
+// tile, acc) with acc[R][G] for any row count R.
+template <Isa I, bool kDefault>
+struct LstmUpdate {
+  template <int R>
+  RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
+                                  typename Ops<I>::V (&acc)[R][4]) const {
+    lstm_update<I, R, kDefault>(a, r0, tile, acc);
+  }
+};
+template <Isa I, bool kDefault>
+struct GruUpdate {
+  template <int R>
+  RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
+                                  typename Ops<I>::V (&acc)[R][3]) const {
+    gru_update<I, R, kDefault>(a, r0, tile, acc);
+  }
+};
+template <Isa I>
+struct GruRbUpdate1 {
+  template <int R>
+  RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
+                                  typename Ops<I>::V (&acc)[R][2]) const {
+    gru_rb_update1<I, R, false>(a, r0, tile, acc);
+  }
+};
+template <Isa I>
+struct GruRbUpdate2 {
+  template <int R>
+  RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
+                                  typename Ops<I>::V (&acc)[R][1]) const {
+    gru_rb_update2<I, R, false>(a, r0, tile, acc);
+  }
+};
+template <Isa I>
+struct RnnUpdate {
+  template <int R>
+  RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
+                                  typename Ops<I>::V (&acc)[R][1]) const {
+    rnn_update<I, R>(a, r0, tile, acc);
+  }
+};
+
 template <Isa I, int RB>
 void lstm_step(const StepArgs& a) {
   assert(a.w->layout == RecLayout::kPlain);
@@ -354,15 +474,9 @@ void lstm_step(const StepArgs& a) {
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
     if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
-      for_rows<I, 4, RB, T>(
-          a, *a.w, a.h_prev, a.ld_h,
-          [](const StepArgs& b, int r, int t) { lstm_rows<I, RB, true, T>(b, r, t); },
-          [](const StepArgs& b, int r, int t) { lstm_rows<I, 1, true, T>(b, r, t); });
+      for_rows<I, 4, RB, T>(a, *a.w, a.h_prev, a.ld_h, LstmUpdate<I, true>());
     else
-      for_rows<I, 4, RB, T>(
-          a, *a.w, a.h_prev, a.ld_h,
-          [](const StepArgs& b, int r, int t) { lstm_rows<I, RB, false, T>(b, r, t); },
-          [](const StepArgs& b, int r, int t) { lstm_rows<I, 1, false, T>(b, r, t); });
+      for_rows<I, 4, RB, T>(a, *a.w, a.h_prev, a.ld_h, LstmUpdate<I, false>());
   });
 }
 
@@ -373,15 +487,9 @@ void gru_step(const StepArgs& a) {
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
     if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
-      for_rows<I, 3, RB, T>(
-          a, *a.w, a.h_prev, a.ld_h,
-          [](const StepArgs& b, int r, int t) { gru_rows<I, RB, true, T>(b, r, t); },
-          [](const StepArgs& b, int r, int t) { gru_rows<I, 1, true, T>(b, r, t); });
+      for_rows<I, 3, RB, T>(a, *a.w, a.h_prev, a.ld_h, GruUpdate<I, true>());
     else
-      for_rows<I, 3, RB, T>(
-          a, *a.w, a.h_prev, a.ld_h,
-          [](const StepArgs& b, int r, int t) { gru_rows<I, RB, false, T>(b, r, t); },
-          [](const StepArgs& b, int r, int t) { gru_rows<I, 1, false, T>(b, r, t); });
+      for_rows<I, 3, RB, T>(a, *a.w, a.h_prev, a.ld_h, GruUpdate<I, false>());
   });
 }
 
@@ -392,15 +500,9 @@ void gru_reset_before_step(const StepArgs& a) {
   assert(a.w->type == a.w2->type);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
-    for_rows<I, 2, RB, T>(
-        a, *a.w, a.h_prev, a.ld_h,
-        [](const StepArgs& b, int r, int t) { gru_rb_pass1<I, RB, false, T>(b, r, t); },
-        [](const StepArgs& b, int r, int t) { gru_rb_pass1<I, 1, false, T>(b, r, t); });
+    for_rows<I, 2, RB, T>(a, *a.w, a.h_prev, a.ld_h, GruRbUpdate1<I>());
     const float* rh = a.scratch + static_cast<std::size_t>(a.n) * a.w->h;
-    for_rows<I, 1, RB, T>(
-        a, *a.w2, rh, static_cast<std::size_t>(a.w->h),
-        [](const StepArgs& b, int r, int t) { gru_rb_pass2<I, RB, false, T>(b, r, t); },
-        [](const StepArgs& b, int r, int t) { gru_rb_pass2<I, 1, false, T>(b, r, t); });
+    for_rows<I, 1, RB, T>(a, *a.w2, rh, static_cast<std::size_t>(a.w->h), GruRbUpdate2<I>());
   });
 }
 
@@ -410,10 +512,7 @@ void rnn_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
-    for_rows<I, 1, RB, T>(
-        a, *a.w, a.h_prev, a.ld_h,
-        [](const StepArgs& b, int r, int t) { rnn_rows<I, RB, false, T>(b, r, t); },
-        [](const StepArgs& b, int r, int t) { rnn_rows<I, 1, false, T>(b, r, t); });
+    for_rows<I, 1, RB, T>(a, *a.w, a.h_prev, a.ld_h, RnnUpdate<I>());
   });
 }
 

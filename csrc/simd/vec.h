@@ -24,6 +24,17 @@
 #include <cstdint>
 #include <cstring>
 
+// Kernel helpers that must be inlined whatever the compiler's size heuristics
+// say: a call boundary inside a step kernel spills every vector register
+// (all are caller-saved) and stops the out-of-order core from overlapping one
+// tile's activations with the next tile's products. Inlining never changes
+// results (the operations and their order are the same).
+#if defined(_MSC_VER) && !defined(__clang__)
+#define RNNINFER_INLINE __forceinline
+#else
+#define RNNINFER_INLINE inline __attribute__((always_inline))
+#endif
+
 namespace rnninfer {
 
 // kAvx512Bf16: the AVX-512 vocabulary compiled again in the AVX512_BF16 +

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,23 @@ from .converters.base import Probe
 from .errors import ModelFormatError
 from .model import Model, build, load
 from .serving.batcher import Batcher, Overloaded
+
+if TYPE_CHECKING:
+    from .serving.stream import Stream
+
+
+def __getattr__(name: str) -> Any:
+    # Stream's module loads the compiled engine; ``import rnninfer`` does not
+    # (the file format and the converters work without it), so it loads on first use.
+    if name == "Stream":
+        from .serving.stream import Stream
+
+        return Stream
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"Stream"})
 
 
 def isa() -> str:
@@ -42,10 +59,10 @@ def from_keras(src: object, *, check: bool = True, tolerance: float = 1e-4) -> M
     """
     from .converters.keras import convert_keras, keras_probe
 
-    spec, tensors, producer = convert_keras(src)
-    model = Model(spec, tensors, producer=producer)
+    conv = convert_keras(src)
+    model = Model._from_checked(conv.checked, producer=conv.producer)
     if check and not isinstance(src, (str, os.PathLike)):
-        _check(model, keras_probe(src, spec), tolerance, "the Keras model")
+        _check(model, keras_probe(src, conv.spec), tolerance, "the Keras model")
     return model
 
 
@@ -89,7 +106,7 @@ def from_torch(
     """
     from .converters.torch import convert_torch_probed
 
-    (spec, tensors, producer), probe = convert_torch_probed(
+    conv, probe = convert_torch_probed(
         src,
         readout=readout,
         head_activation=head_activation,
@@ -97,7 +114,7 @@ def from_torch(
         nonlinearity=nonlinearity,
         example_inputs=example_inputs,
     )
-    model = Model(spec, tensors, producer=producer)
+    model = Model._from_checked(conv.checked, producer=conv.producer)
     if check:
         _check(model, probe, tolerance, "the module's forward")
     return model
@@ -108,6 +125,7 @@ __all__ = [
     "Model",
     "ModelFormatError",
     "Overloaded",
+    "Stream",
     "__version__",
     "build",
     "from_keras",

@@ -56,6 +56,14 @@ class _testing:  # a submodule, typed as a namespace
     def schedule_stats(engine: Engine) -> dict[str, int]: ...
     @staticmethod
     def split_batch_weighted(lengths: list[int], speeds: list[float], min_rows: int) -> list[int]: ...
+    @staticmethod
+    def fma_chain_seconds(isa: str, n: int) -> float: ...
+    @staticmethod
+    def recurrent_step(
+        isa: str, cell: str, w_hh: np.ndarray, xp: np.ndarray, h_prev: np.ndarray,
+        c_prev: np.ndarray | None = None, b_hn: np.ndarray | None = None, reset_after: bool = True,
+        activation: str = "tanh", recurrent_activation: str = "sigmoid", reps: int = 1,
+    ) -> tuple[np.ndarray, np.ndarray | None, float]: ...
 
     class SplitBackoff:
         strikes: int

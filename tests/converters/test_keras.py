@@ -30,6 +30,7 @@ keras = framework("keras")
 framework("tensorflow")
 
 import rnninfer
+from rnninfer.converters.base import Converted
 from rnninfer.converters.keras import convert_keras
 from rnninfer.errors import ModelFormatError
 from rnninfer.model import Model
@@ -46,7 +47,6 @@ TOL = 1e-5
 DATA = Path(__file__).resolve().parent.parent / "data" / "keras"
 L = keras.layers
 VOCAB = 50
-Converted = tuple[Any, dict[str, np.ndarray], dict[str, Any]]
 
 
 # ---- running a converted model ---------------------------------------------------------
@@ -70,7 +70,7 @@ def _ref_predict(conv: Converted, x: Any, lengths: Sequence[int] | None = None) 
 def predict(conv: Converted, x: Any, lengths: Sequence[int] | None = None) -> np.ndarray:
     """``Model.predict`` on the converted model, checked against the float64 reference too."""
     want = _ref_predict(conv, x, lengths)
-    model = Model(conv[0], conv[1], producer=conv[2])
+    model = Model(conv.spec, conv.tensors, producer=conv.producer)
     got = model.predict(x, lengths=None if lengths is None else np.asarray(lengths))
     np.testing.assert_allclose(got, want, atol=TOL, err_msg="engine disagrees with the reference")
     return np.asarray(got)
@@ -306,7 +306,7 @@ SOURCES = ("keras", "h5", "memory")
 @pytest.mark.parametrize("name", list(ZOO))
 def test_parity_each_sequence_and_ragged(zoo: Any, name: str) -> None:
     model, convs = zoo[name]
-    spec = convs["keras"][0]
+    spec = convs["keras"].spec
     rng = np.random.default_rng(7)
     seqs = make_inputs(model, spec, rng)
     singles = [kcall(model, s[None])[0] for s in seqs]
@@ -331,7 +331,7 @@ def test_parity_each_sequence_and_ragged(zoo: Any, name: str) -> None:
 def test_parity_padded_batches(zoo: Any, name: str) -> None:
     model, convs = zoo[name]
     conv = convs["keras"]
-    spec = conv[0]
+    spec = conv.spec
     seqs = make_inputs(model, spec, np.random.default_rng(11))
     T = max(LENGTHS)
     inp = spec.input
@@ -380,18 +380,18 @@ def test_spec_of_worked_example(zoo: Any) -> None:
 
 
 def test_residual_links_and_options_are_recognised(zoo: Any) -> None:
-    spec = zoo["residual"][1]["h5"][0]
+    spec = zoo["residual"][1]["h5"].spec
     assert [x.residual_from for x in spec.layers] == [-1, 0, None]
     assert spec.readout == "mean"
-    spec = zoo["gru_reset_before"][1]["keras"][0]
+    spec = zoo["gru_reset_before"][1]["keras"].spec
     assert [x.reset_after for x in spec.layers] == [False, True]
     assert spec.layers[1].direction == "backward"
     assert spec.head[0].activation == "softmax"  # Activation layer folded into Dense
-    spec = zoo["masking_features"][1]["memory"][0]
+    spec = zoo["masking_features"][1]["memory"].spec
     assert spec.input.kind == "features"
     assert spec.input.mask_value == 0.0
     assert spec.layers[0].recurrent_activation == "hard_sigmoid"  # Keras 3 definition
-    spec = zoo["bidir_seq"][1]["keras"][0]
+    spec = zoo["bidir_seq"][1]["keras"].spec
     assert [x.merge for x in spec.layers] == ["sum", "mul"]
     assert spec.readout == "sequence"
 
@@ -399,7 +399,7 @@ def test_residual_links_and_options_are_recognised(zoo: Any) -> None:
 def test_gru_reset_after_false_bias_layout(zoo: Any) -> None:
     """Keras' single GRU bias goes to b_ih (gates reordered z,r,h -> r,z,n); b_hh is zero."""
     model, convs = zoo["gru_reset_before"]
-    tensors = convs["keras"][1]
+    tensors = convs["keras"].tensors
     gru = next(layer for layer in model.layers if isinstance(layer, L.GRU))
     kernel, _, bias = (np.asarray(w) for w in gru.get_weights())
     H = 8
@@ -483,7 +483,7 @@ def test_golden_files_exist() -> None:
 def test_golden_file_matches_stored_output(fname: str) -> None:
     expected = np.load(DATA / (Path(fname).stem + ".npz"))
     conv = convert_keras(DATA / fname)
-    assert conv[2]["framework_version"] == str(expected["keras_version"])
+    assert conv.producer["framework_version"] == str(expected["keras_version"])
     x, lengths, want = expected["x"], expected["lengths"], expected["y"]
     got = predict(conv, x, lengths=lengths)
     assert_close(got, want, fname)
@@ -624,9 +624,9 @@ def test_stateful_layer_warns(tmp_path: Path) -> None:
     randomize(model, 9)
     path = tmp_path / "s.keras"
     model.save(path)
-    with pytest.warns(UserWarning, match=r"'st' \(LSTM\).*stateful"):
+    with pytest.warns(UserWarning, match=r"'st' \(LSTM\).*stateful.*carried by a stream, model\.stream\(\)"):
         conv = convert_keras(path)
-    assert any("stateless" in n for n in conv[2]["notes"])
+    assert any("stateful=True; model.stream() carries the state" in n for n in conv.producer["notes"])
     seq = np.array([3, 8, 1, 4])
     assert_close(predict(conv, seq), kcall(model, seq[None])[0], "stateful as stateless")
 

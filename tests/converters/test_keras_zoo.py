@@ -19,6 +19,7 @@ keras = framework("keras")
 framework("tensorflow")
 
 import rnninfer
+from rnninfer.converters.base import finish
 
 # Keras/TensorFlow themselves emit these under NumPy 2; they are not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -110,7 +111,7 @@ def test_in_memory_conversion_is_checked(monkeypatch: pytest.MonkeyPatch) -> Non
         spec, tensors, producer = real(src)
         bias = tensors["head.0.bias"].copy()
         bias[0] += 0.01
-        return spec, dict(tensors, **{"head.0.bias": bias}), producer
+        return finish(spec, dict(tensors, **{"head.0.bias": bias}), producer)
 
     monkeypatch.setattr(conv, "convert_keras", wrong)
     keras.utils.set_random_seed(1)

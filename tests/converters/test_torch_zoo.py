@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnninfer
 from rnninfer.cli import main
+from rnninfer.converters.base import finish
 
 TOL = 1e-5
 V, E, H = 40, 8, 6
@@ -518,8 +519,7 @@ def test_check_catches_a_silent_difference(monkeypatch: pytest.MonkeyPatch) -> N
         (spec, tensors, producer), probe = real(*args, **kwargs)
         bias = tensors["head.0.bias"].copy()
         bias[0] += 0.01  # one logit: log_softmax would hide a shift of all of them
-        tensors = dict(tensors, **{"head.0.bias": bias})
-        return (spec, tensors, producer), probe
+        return finish(spec, dict(tensors, **{"head.0.bias": bias}), producer), probe
 
     monkeypatch.setattr(conv, "convert_torch_probed", wrong)
     net = _net(ZOO["bigru-sum-log-softmax"])

@@ -69,22 +69,25 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @pytest.fixture
-def gate() -> Iterator[Callable[[rnninfer.Batcher], threading.Event]]:
-    """Hold a Batcher's dispatcher inside its next call until the returned event is set."""
+def gate() -> Iterator[Callable[..., threading.Event]]:
+    """Hold a Batcher's dispatcher inside its next call until the returned event is set.
+
+    ``gate(b)`` holds predict calls, ``gate(b, "_run_feed")`` feed calls.
+    """
     events: list[threading.Event] = []
 
-    def install(b: rnninfer.Batcher) -> threading.Event:
+    def install(b: rnninfer.Batcher, method: str = "_run_predict") -> threading.Event:
         release = threading.Event()
         entered = threading.Event()
         events.append(release)
-        original = b._run_predict
+        original = getattr(b, method)
 
         def held(batch: list[Any]) -> None:
             entered.set()
             release.wait(WAIT)
             original(batch)
 
-        b._run_predict = held  # type: ignore[method-assign]
+        setattr(b, method, held)
         release.entered = entered  # type: ignore[attr-defined]
         return release
 
@@ -516,7 +519,7 @@ def test_asyncio_feeds_of_many_streams(rng: np.random.Generator) -> None:
 
 
 def test_feeds_of_one_stream_keep_their_order_and_others_merge(
-    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+    gate: Any, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
 ) -> None:
     model = MODELS["tokens-last"]
     calls: list[int] = []
@@ -529,19 +532,10 @@ def test_feeds_of_one_stream_keep_their_order_and_others_merge(
 
     monkeypatch.setattr(model, "feed_many", counting)
     with rnninfer.Batcher(model) as b:
-        release = threading.Event()
-        entered = threading.Event()
-        original = b._run_feed
-
-        def held(batch: list[Any]) -> None:
-            entered.set()
-            release.wait(WAIT)
-            original(batch)
-
-        b._run_feed = held  # type: ignore[method-assign]
+        release = gate(b, "_run_feed")
         first_stream = model.stream()
         first = _start(lambda: b.feed(first_stream, [1]))
-        assert entered.wait(WAIT)
+        assert release.entered.wait(WAIT)
         s = model.stream()
         others = [model.stream() for _ in range(5)]
         seq = rng.integers(1, 60, size=9)

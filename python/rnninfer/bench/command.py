@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     suite.add_argument("--serving", dest="suite", action="store_const", const="serving",
                        help="streams fed token by token against PyTorch/ONNX Runtime step models "
                             "(bench/streams.py; takes --threads, --rounds, --round-ms, --pause-ms, --out)")
+    suite.add_argument("--small", dest="suite", action="store_const", const="small",
+                       help="small models (H 16-128): the two seed models and a grid, against the "
+                            "FMA-peak and latency-chain limits (rnninfer.bench.small)")
+    suite.add_argument("--small-seeds", dest="suite", action="store_const", const="small-seeds",
+                       help="the --small suite's two seed models only")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--steps", type=int, default=64, help="sequence length when timing a model file")
     p.add_argument("--batches", default="1,64", help="batch sizes when timing a model file")
@@ -92,6 +97,10 @@ def main(args: argparse.Namespace) -> int:
         from . import streams
 
         return streams.main(args)
+    if args.suite in ("small", "small-seeds"):
+        from . import small
+
+        return small.main(args)
     threads = _ints(args.threads)
     engines = [e for e in args.engines.split(",") if e]
     common = {"engines": engines, "rounds": args.rounds, "round_ms": args.round_ms, "pause_ms": args.pause_ms,

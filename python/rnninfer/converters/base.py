@@ -2,32 +2,50 @@
 
 A converter is a reader (file or object -> named arrays + config, no rnninfer
 types) followed by a mapper (-> spec + canonical tensors + provenance). The
-mapper's result passes :func:`finish` once; :func:`rnninfer.from_keras` and
-:func:`rnninfer.from_torch` wrap it into a ``Model`` (this package never
-imports the engine).
+mapper's result passes :func:`finish`, which checks it once
+(:func:`rnninfer.format.checked.check_model`); :func:`rnninfer.from_keras` and
+:func:`rnninfer.from_torch` open that checked model without checking it again
+(this package never imports the engine).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ..format.checked import CheckedModel, check_model
 from ..format.manifest import ModelSpec
-from ..format.spec import DTYPE, validate
+from ..format.spec import DTYPE
 
 __all__ = ["Converted", "Probe", "finish"]
 
 
-class Converted(NamedTuple):
-    """A converted model: its spec, canonical float32 tensors and provenance."""
+@dataclass(frozen=True)
+class Converted:
+    """A converted model: the checked spec and canonical float32 tensors, and provenance.
 
-    spec: ModelSpec
-    tensors: dict[str, np.ndarray]
+    Unpacks as ``spec, tensors, producer``. The tensors are read-only copies
+    (the source's arrays stay its own).
+    """
+
+    checked: CheckedModel
     producer: dict[str, Any]
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model description."""
+        return self.checked.spec
+
+    @property
+    def tensors(self) -> Mapping[str, np.ndarray]:
+        """The canonical float32 tensors by name (read-only)."""
+        return self.checked.stored
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.spec, self.tensors, self.producer))
 
 
 def finish(
@@ -37,17 +55,18 @@ def finish(
     *,
     source: str | None = None,
 ) -> Converted:
-    """Validate a converted model against the canonical spec.
+    """Check a converted model once against the canonical spec.
 
     Converters only reorder and transpose; this is where the result is checked,
     so a converter bug surfaces as a ``ModelFormatError`` naming the tensor
-    rather than as wrong predictions.
+    rather than as wrong predictions. The tensors are copied (an in-memory
+    source's weights may be views of its live parameters).
+
+    Raises:
+        ModelFormatError: listing every problem found.
     """
-    canon = {k: np.ascontiguousarray(v, dtype=DTYPE) for k, v in tensors.items()}
-    problems = validate(spec, canon)
-    if problems:
-        raise ModelFormatError(problems, source=source)
-    return Converted(spec, canon, dict(producer))
+    canon = {k: np.asarray(v, dtype=DTYPE) for k, v in tensors.items()}
+    return Converted(check_model(spec, canon, source=source), dict(producer))
 
 
 @dataclass

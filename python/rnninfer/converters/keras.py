@@ -62,8 +62,9 @@ def convert_keras(src: Any) -> Converted:
             or tf_keras ``Model`` (Sequential or Functional).
 
     Returns:
-        ``(spec, tensors, producer)``: the model description, its float32
-        canonical tensors and the provenance dictionary.
+        a :class:`~rnninfer.converters.base.Converted`, checked once, that
+        unpacks as ``(spec, tensors, producer)``: the model description, its
+        float32 canonical tensors (read-only) and the provenance dictionary.
 
     Raises:
         ModelFormatError: the file is corrupt, truncated or not a Keras model.

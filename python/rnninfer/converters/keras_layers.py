@@ -291,12 +291,17 @@ def map_recurrent(b: Builder, node: Node, d: Desc) -> Desc:
         )
     if icfg.get("stateful") or cfg.get("stateful"):
         warnings.warn(
-            f"{node.where} is stateful; rnninfer converts it as stateless (every call starts "
-            "from a zero state)",
+            f"{node.where} is stateful: in rnninfer the state Keras carries from call to call "
+            "is carried by a stream, model.stream(), from feed to feed (one stream per "
+            "sequence, no fixed batch); predict() starts every call from a zero state "
+            "(docs/serving.md, Streams)",
             UserWarning,
             stacklevel=4,
         )
-        b.notes.append(f"{node.name}: stateful=True converted as stateless")
+        b.notes.append(
+            f"{node.name}: stateful=True; model.stream() carries the state across feeds, "
+            "predict() starts from a zero state"
+        )
     act = b.activation(node, icfg.get("activation", "tanh"), "activation", ELEMENTWISE_ACTIVATIONS)
     ract = "sigmoid"
     if cell != "rnn":

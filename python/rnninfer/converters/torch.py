@@ -87,7 +87,8 @@ def convert_torch(
             it takes more than a token (or feature) tensor, e.g. ``(x, lengths)``.
 
     Returns:
-        ``(spec, tensors, producer)``.
+        a :class:`~rnninfer.converters.base.Converted` (unpacks as
+        ``spec, tensors, producer``), checked once.
 
     Raises:
         ModelFormatError: the source file is corrupt, not a plain tensor

@@ -18,6 +18,10 @@ The result is a :class:`ForwardPlan` (the modules in call order, the readout
 and its column map, the activation after each head layer) plus a probe: the
 example input and the module's own output on it, which the caller compares
 with the converted model (files carry no code; only modules are checked).
+
+Length (about 630 lines): most of it is :class:`_Tracer`, one interpreter of
+torch operations on labels whose handlers share its state; the rules of the
+labels themselves are in ``torch_labels.py``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ waits for about as many sequences as that call ran only while the wait is
 shorter than that fixed cost (fitted from recent calls' times against their
 sizes) and never longer than ``max_delay_ms``. A request therefore waits at
 most for the call in flight, plus ``max_delay_ms``, plus its own call.
+
+Length (about 630 lines): one class, the queue, its lock and the dispatcher
+that share them; split, the locking rules would be spread over modules.
 """
 
 from __future__ import annotations

@@ -1,0 +1,126 @@
+"""Recurrent step kernels at small H, per ISA, through ``_core._testing.recurrent_step``.
+
+The step kernels pick a different path by row count (one row group, a
+smaller tail group, several unit tiles per pass for lone rows, tiles outer for
+many rows, K chunks past the L1 chunk). Every path must give each row the
+same bits, and all must agree with a float64 step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rnninfer import _core
+
+T = _core._testing
+
+# Below, at and above one vector of every ISA (8 AVX2, 16 AVX-512 lanes), odd
+# sizes, and 96 / 128 whose LSTM K runs past one L1 chunk of a tile.
+HIDDEN = (1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 48, 64, 96, 128)
+# Rows: alone, every group tail (1-3 past a group of 4), whole groups, many.
+ROWS = (1, 2, 3, 4, 5, 6, 7, 9, 13, 64)
+CELLS = (("lstm", 4, True), ("gru", 3, True), ("gru", 3, False), ("rnn", 1, True))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _reference(cell: str, reset_after: bool, w: np.ndarray, xp: np.ndarray, h: np.ndarray,
+               c: np.ndarray, b_hn: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """One step in float64 (docs/format.md's equations; xp holds W_x x + biases)."""
+    w, xp, h, c, b_hn = (a.astype(np.float64) for a in (w, xp, h, c, b_hn))
+    H = h.shape[1]
+    if cell == "lstm":
+        g = xp + h @ w.T
+        i, f, gg, o = (g[:, k * H:(k + 1) * H] for k in range(4))
+        c2 = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
+        return _sigmoid(o) * np.tanh(c2), c2
+    if cell == "rnn":
+        return np.tanh(xp + h @ w.T), None
+    r = _sigmoid(xp[:, :H] + h @ w[:H].T)
+    z = _sigmoid(xp[:, H:2 * H] + h @ w[H:2 * H].T)
+    if reset_after:
+        n = np.tanh(xp[:, 2 * H:] + r * (h @ w[2 * H:].T + b_hn))
+    else:
+        n = np.tanh(xp[:, 2 * H:] + (r * h) @ w[2 * H:].T)
+    return (1.0 - z) * n + z * h, None
+
+
+def _inputs(rng: np.random.Generator, G: int, H: int, n: int) -> tuple[np.ndarray, ...]:
+    # Weights scaled like a trained layer (sums of order 1), so the check is
+    # not lost in saturated gates.
+    w = (rng.standard_normal((G * H, H)) / np.sqrt(H)).astype(np.float32)
+    xp = rng.standard_normal((n, G * H)).astype(np.float32)
+    h = rng.uniform(-1, 1, (n, H)).astype(np.float32)
+    c = rng.standard_normal((n, H)).astype(np.float32)
+    b_hn = rng.standard_normal(H).astype(np.float32)
+    return w, xp, h, c, b_hn
+
+
+def _step(isa: str, cell: str, reset_after: bool, w: np.ndarray, xp: np.ndarray, h: np.ndarray,
+          c: np.ndarray, b_hn: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    hn, cn, _ = T.recurrent_step(isa, cell, w, xp, h, c if cell == "lstm" else None,
+                                 b_hn if cell == "gru" and reset_after else None,
+                                 reset_after=reset_after)
+    return hn, cn
+
+
+@pytest.mark.parametrize(("cell", "G", "reset_after"), CELLS, ids=["lstm", "gru", "gru_rb", "rnn"])
+@pytest.mark.parametrize("H", HIDDEN)
+def test_rows_same_bits_on_every_path_and_match_float64(isa, rng, cell, G, reset_after, H):
+    w, xp, h, c, b_hn = _inputs(rng, G, H, max(ROWS))
+    full_h, full_c = _step(isa, cell, reset_after, w, xp, h, c, b_hn)
+    ref_h, ref_c = _reference(cell, reset_after, w, xp, h, c, b_hn)
+    np.testing.assert_allclose(full_h, ref_h, atol=2e-5, rtol=0)
+    if ref_c is not None:
+        assert full_c is not None
+        np.testing.assert_allclose(full_c, ref_c, atol=2e-5, rtol=0)
+    # Each prefix of the rows runs a different path (groups, tails, tiles per
+    # pass, tiles outer); each row must keep its bits, and a reversed batch
+    # puts every row in another group position.
+    for n in ROWS:
+        hn, cn = _step(isa, cell, reset_after, w, xp[:n], h[:n], c[:n], b_hn)
+        np.testing.assert_array_equal(hn, full_h[:n], err_msg=f"rows={n}")
+        if cn is not None:
+            assert full_c is not None
+            np.testing.assert_array_equal(cn, full_c[:n], err_msg=f"rows={n}")
+    rev = slice(None, None, -1)
+    hn, cn = _step(isa, cell, reset_after, w, xp[rev], h[rev], c[rev], b_hn)
+    np.testing.assert_array_equal(hn[rev], full_h)
+    if cn is not None:
+        assert full_c is not None
+        np.testing.assert_array_equal(cn[rev], full_c)
+
+
+@pytest.mark.parametrize("H", [16, 32, 64])
+def test_non_default_activations_keep_row_bits(isa, rng, H):
+    # The generic-activation body takes the same paths as the sigmoid/tanh one.
+    w, xp, h, c, _ = _inputs(rng, 4, H, 9)
+    kw = {"activation": "relu", "recurrent_activation": "hard_sigmoid"}
+    full, _, _ = T.recurrent_step(isa, "lstm", w, xp, h, c, **kw)
+    for n in (1, 3, 4, 5):
+        part, _, _ = T.recurrent_step(isa, "lstm", w, xp[:n], h[:n], c[:n], **kw)
+        np.testing.assert_array_equal(part, full[:n])
+
+
+def test_recurrent_step_rejects_bad_shapes():
+    w = np.zeros((8, 2), np.float32)
+    with pytest.raises(ValueError, match="cell"):
+        T.recurrent_step("scalar", "lstmx", w, np.zeros((1, 8), np.float32), np.zeros((1, 2), np.float32))
+    with pytest.raises(ValueError, match="xp"):
+        T.recurrent_step("scalar", "lstm", w, np.zeros((1, 7), np.float32), np.zeros((1, 2), np.float32),
+                         np.zeros((1, 2), np.float32))
+    with pytest.raises(ValueError, match="reps"):
+        T.recurrent_step("scalar", "rnn", np.zeros((2, 2), np.float32), np.zeros((1, 2), np.float32),
+                         np.zeros((1, 2), np.float32), reps=0)
+
+
+def test_fma_chain_probe_times_every_isa(isa):
+    s = T.fma_chain_seconds(isa, 100_000)
+    # A dependent FMA (or mul + add) takes a few cycles: well above 0.05 ns,
+    # well below a microsecond on anything that runs this suite.
+    assert 5e-11 < s < 1e-6
+    with pytest.raises(ValueError, match="n must be"):
+        T.fma_chain_seconds(isa, 0)
