@@ -5,7 +5,7 @@ The benchmark itself lives in the package (``rnninfer.bench``) so that the
 the source-tree entry point and writes into ``bench/results/``.
 """
 
-from rnninfer.bench.runner import cli_main
+from rnninfer.bench.command import cli_main
 
 if __name__ == "__main__":
     raise SystemExit(cli_main())

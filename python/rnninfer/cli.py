@@ -1,13 +1,16 @@
-"""The ``rnninfer`` command line: ``convert``, ``info``, ``predict``, ``bench``.
+"""The ``rnninfer`` command line: ``convert``, ``info``, ``predict``, ``bench``, ``serve``.
 
-Run ``rnninfer COMMAND --help`` for each command's options.
+Run ``rnninfer COMMAND --help`` for each command's options. Every usage error
+exits with status 2 and one line on stderr, ``rnninfer COMMAND: error: ...``,
+the way argparse reports its own.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,30 @@ from .format.precision import PRECISIONS
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given (exit status 2, message on stderr)."""
+
+
+def open_model(path: str, **kw: Any) -> Any:
+    """``rnninfer.load``, with a pointer to ``rnninfer convert`` for a framework checkpoint."""
+    from . import load
+
+    suffix = Path(path).suffix.lower()
+    if suffix in KERAS_SUFFIXES + TORCH_SUFFIXES:
+        kind = "Keras" if suffix in KERAS_SUFFIXES else "PyTorch"
+        raise UsageError(f"{path} is a {kind} file, not an rnninfer model; convert it first: "
+                         f"rnninfer convert {path} -o {Path(path).with_suffix('.npz').name}")
+    return load(path, **kw)
+
+
+def _check_output_folder(path: str) -> None:
+    """Fail before any work when the folder an output goes to does not exist."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"cannot write {path}: the folder {str(folder)!r} {what}")
 
 
 def _source_kind(src: str, given: str | None) -> str:
@@ -65,56 +92,106 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import isa, load
+    from . import isa
 
-    model = load(args.model, precision=args.precision)
+    model = open_model(args.model, precision=args.precision)
     print(model.summary())
     print(f"isa: {isa()}, threads: {model.threads}, precision: {model.precision}")
     return 0
 
 
-def _parse_seq(text: str) -> list[int]:
+def _parse_seq(text: str, what: str = "--tokens") -> list[int]:
     try:
         return [int(v) for v in text.replace(",", " ").split()]
     except ValueError as e:
-        raise SystemExit(f"rnninfer predict: --tokens takes integers separated by commas or spaces: {e}") from e
+        raise UsageError(f"{what} takes integers separated by commas or spaces: {e}") from e
+
+
+def _parse_lengths(text: str) -> np.ndarray:
+    if text.lower().endswith(".npy"):
+        try:
+            return np.asarray(np.load(text, allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--lengths: cannot read {text!r}: {e}") from e
+    return np.asarray(_parse_seq(text, "--lengths"), dtype=np.int64)
+
+
+def _progress_bar(total: int | None) -> Any:
+    """A tqdm bar on stderr when stderr is a terminal and tqdm is installed, else ``None``."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="seq", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from . import load
+    from . import scoring
 
-    model = load(args.model, threads=args.threads, precision=args.precision)
-    x: Any
-    lengths = None
-    if args.tokens and args.input:
-        raise SystemExit("rnninfer predict: give --tokens or --input, not both")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.tokens and args.lengths:
+        raise UsageError("--lengths applies to a padded --input array; --tokens sequences carry their own lengths")
+    if not args.tokens and not args.input:
+        raise UsageError("give --input FILE (.jsonl, .npy, .npz or - for JSON lines on stdin) "
+                         "or --tokens 1,2,3 (repeatable)")
+    if args.output:
+        suffix = Path(args.output).suffix.lower()
+        if suffix not in scoring.OUTPUT_SUFFIXES:
+            raise UsageError(f"-o {args.output}: the output must be .jsonl or .npy")
+    if args.input and args.input != "-" and not Path(args.input).is_file():
+        raise UsageError(f"--input {args.input}: no such file")
+    model = open_model(args.model, threads=args.threads, precision=args.precision)
+    tokens = model.spec.input.kind == "tokens"
+    lengths = _parse_lengths(args.lengths) if args.lengths else None
+    total: int | None
     if args.tokens:
         seqs = [_parse_seq(t) for t in args.tokens]
-        x = seqs[0] if len(seqs) == 1 else seqs
-    elif args.input:
-        x = np.load(args.input, allow_pickle=False)
-        if args.lengths:
-            lengths = np.asarray(_parse_seq(args.lengths))
+        chunks: Any = iter([scoring.Chunk(seqs, None, 0, label="--tokens sequence")])
+        single, total = len(seqs) == 1, len(seqs)
     else:
-        raise SystemExit("rnninfer predict: give --tokens 1,2,3 (repeatable) or --input ARRAY.npy")
-    out = model.predict(x, lengths=lengths)
-    if args.output:
-        np.save(args.output, out)
-        print(f"wrote {args.output} with shape {out.shape}")
-    else:
-        print(json.dumps(np.round(out.astype(np.float64), 7).tolist()))
+        try:
+            chunks = scoring.open_input(args.input, lengths, args.batch_size, tokens)
+        except scoring.InputError as e:
+            raise UsageError(str(e)) from e
+        single = scoring.single_sequence_input(args.input, tokens)
+        total = scoring.count_sequences(args.input) if args.input != "-" else None
+    bar = _progress_bar(total)
+    t0 = time.perf_counter()
+    try:
+        if not args.output:
+            n = scoring.score(model, chunks, scoring.JsonlWriter(sys.stdout), bar)
+            return 0
+        f, tmp = scoring.open_output(args.output)
+        try:
+            with f:
+                writer: scoring.JsonlWriter | scoring.NpyWriter = (
+                    scoring.NpyWriter(f, single) if args.output.lower().endswith(".npy")
+                    else scoring.JsonlWriter(f))
+                n = scoring.score(model, chunks, writer, bar)
+                writer.close()
+            os.replace(tmp, args.output)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    finally:
+        if bar is not None:
+            bar.close()
+    dt = time.perf_counter() - t0
+    print(f"scored {n} sequence{'s' if n != 1 else ''} in {dt:.2f} s ({n / max(dt, 1e-9):.0f}/s); "
+          f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.runner import main as bench_main
+    from .bench.command import main as bench_main
 
     return bench_main(args)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from . import load
-
     try:
         from .serving import service
     except ImportError as e:
@@ -125,20 +202,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_sequences=args.max_sequences, max_body_bytes=args.max_body_bytes,
         max_streams=args.max_streams, stream_idle_s=args.stream_idle_s,
     )
-    model = load(args.model, threads=args.threads, precision=args.precision)
+    model = open_model(args.model, threads=args.threads, precision=args.precision)
     service.serve(model, host=args.host, port=args.port, config=config,
                   shutdown_timeout_s=args.shutdown_timeout_s)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``rnninfer`` command."""
-    from . import __version__
-
-    p = argparse.ArgumentParser(prog="rnninfer", description="Fast CPU inference for stacked RNN models.")
-    p.add_argument("--version", action="version", version=f"rnninfer {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_convert_parser(sub: Any) -> None:
     c = sub.add_parser("convert", help="convert a Keras or PyTorch checkpoint to an rnninfer .npz")
     c.add_argument("src", help=".keras/.h5 (Keras) or .pt/.pth/.safetensors (PyTorch)")
     c.add_argument("-o", "--output", required=True, help="output .npz path")
@@ -156,28 +226,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store w_ih/w_hh as fp32 (default), bf16 or int8 (docs/precision.md)")
     c.set_defaults(func=_cmd_convert)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``rnninfer`` command."""
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="rnninfer", description="Fast CPU inference for stacked RNN models.")
+    p.add_argument("--version", action="version", version=f"rnninfer {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_convert_parser(sub)
+
     i = sub.add_parser("info", help="print a model's layer table and provenance")
     i.add_argument("model")
     i.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="weight precision to load with (default: what the file stores)")
     i.set_defaults(func=_cmd_info)
 
-    r = sub.add_parser("predict", help="run a model on token ids or an input array")
-    r.add_argument("model")
-    r.add_argument("--tokens", action="append", help="one sequence of ids, e.g. 12,7,99 (repeat for a batch)")
-    r.add_argument("--input", help=".npy array: (T,) / (B, T) ids or (T, F) / (B, T, F) features")
-    r.add_argument("--lengths", help="true lengths of a padded --input, e.g. 5,3")
-    r.add_argument("--threads", type=int, default=None)
+    r = sub.add_parser(
+        "predict", help="score sequences from a file, stdin or the command line",
+        description="Run a model on token ids or features. The input streams through the model in "
+                    "chunks of --batch-size sequences, so a file of any length runs in bounded memory.",
+    )
+    r.add_argument("model", help="an rnninfer model file (.npz; convert Keras/PyTorch files first)")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--tokens", action="append",
+                     help="one sequence of ids, e.g. 12,7,99 (repeat for a batch)")
+    src.add_argument("-i", "--input",
+                     help=".jsonl (one JSON list per line: ids, or feature rows), .npy (a padded (N, T) "
+                          "or (N, T, F) array), .npz (padded array 'x' and 'lengths'), or - for JSON "
+                          "lines on stdin")
+    r.add_argument("--lengths", help="true lengths of the rows of a padded .npy input: 5,3,... or a .npy file")
+    r.add_argument("-o", "--output", help="write .jsonl or .npy (default: JSON lines on stdout)")
+    r.add_argument("--batch-size", type=int, default=256, help="sequences per engine call (default 256)")
+    r.add_argument("--threads", type=int, default=None, help="threads per call (default: the usable cores)")
     r.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="weight precision to run with (default: what the file stores)")
-    r.add_argument("-o", "--output", help="write the result to this .npy instead of printing it")
     r.set_defaults(func=_cmd_predict)
+
+    from .bench import SUITES
 
     b = sub.add_parser(
         "bench",
         help="time a model (default: the built-in headline model) against installed peer frameworks",
+        description="Time rnninfer against PyTorch, ONNX Runtime, OpenVINO and Keras (those installed: "
+                    "pip install 'rnninfer[bench]' or 'rnninfer[bench-all]') on the same model, threads "
+                    "and inputs, and say which is faster. Other suites: "
+                    + ", ".join(f"'rnninfer bench {n} --help'" for n in SUITES) + ".",
     )
-    from .bench.runner import add_arguments
+    from .bench.command import add_arguments
 
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
@@ -210,15 +307,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_suite(name: str, module: str, argv: list[str]) -> int:
+    """``rnninfer bench NAME ...``: a registered suite's own ``main(argv)``."""
+    import importlib
+
+    prefix = f"rnninfer bench {name}: "
+    try:
+        mod = importlib.import_module(f".bench.{module}", __package__)
+        return int(mod.main(argv))
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        msg = e.code.removeprefix(prefix)
+    except (UsageError, ModelFormatError, ValueError, TypeError, OSError) as e:
+        msg = str(e)
+    print(f"{prefix}error: {msg}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rnninfer`` console script and ``python -m rnninfer``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "bench":
+        from .bench import SUITES
+
+        if argv[1] in SUITES:
+            return _run_suite(argv[1], SUITES[argv[1]], argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = f"rnninfer {args.command}: "
     try:
+        output = getattr(args, "output", None)
+        if output and output != "-":
+            _check_output_folder(output)
         return int(args.func(args))
-    except (ModelFormatError, ValueError, TypeError, OSError) as e:
-        print(f"rnninfer {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        msg = e.code.removeprefix(prefix)
+    except (UsageError, ModelFormatError, ValueError, TypeError, OSError) as e:
+        msg = str(e)
+    print(f"{prefix}error: {msg}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

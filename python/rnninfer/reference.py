@@ -1,8 +1,8 @@
 """A float64 NumPy executor of a model spec: the oracle for tests and debugging.
 
 It follows the equations of ``docs/format.md`` literally, one sequence at a
-time, with no attention to speed. The C++ engine must agree with it within the
-SPEC's tolerance; parity with the real frameworks is checked separately.
+time, with no attention to speed. The C++ engine must agree with it within
+the documented tolerance; parity with the real frameworks is checked separately.
 """
 
 from __future__ import annotations

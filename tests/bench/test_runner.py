@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rnninfer.bench import runner
+from rnninfer.bench import report, runner
 
 
 def _case(T: int, batch: int, threads: int, engines: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def test_scaling_rows_pair_each_case_with_its_one_thread_twin() -> None:
         _case(32, 8, 1, {"rnninfer": _timed(4.0, 4.4), "pytorch": {"status": "failed"}}),
         _case(32, 8, 2, {"rnninfer": _timed(2.5, 2.6), "pytorch": _timed(3.0, 3.3)}),
     ]}
-    rows = runner.scaling_rows(res)
+    rows = report.scaling_rows(res)
     got = {(r["T"], r["batch"], r["engine"]): r for r in rows}
     assert set(got) == {(64, 1, "rnninfer"), (64, 1, "onnxruntime"), (32, 8, "rnninfer")}
     r = got[(64, 1, "rnninfer")]
@@ -35,15 +35,15 @@ def test_scaling_rows_pair_each_case_with_its_one_thread_twin() -> None:
     assert r["p99_ms"] == 0.7
     assert r["rnninfer_vs_engine"] is None
     assert got[(64, 1, "onnxruntime")]["rnninfer_vs_engine"] == 1.0 / 0.5
-    text = "\n".join(runner.scaling_lines(res))
+    text = "\n".join(report.scaling_lines(res))
     assert "## Thread scaling (same run)" in text
     assert "| m | 64 | 1 | 2 | rnninfer | 1.200 / 1.500 | 0.500 / 0.700 | 2.40x | - |" in text
 
 
 def test_no_scaling_section_without_two_thread_counts() -> None:
     res = {"cases": [_case(64, 1, 1, {"rnninfer": _timed(1.2, 1.5)})]}
-    assert runner.scaling_rows(res) == []
-    assert runner.scaling_lines(res) == []
+    assert report.scaling_rows(res) == []
+    assert report.scaling_lines(res) == []
 
 
 def test_thread_counts_are_timed_in_the_same_rounds(monkeypatch) -> None:
@@ -52,14 +52,14 @@ def test_thread_counts_are_timed_in_the_same_rounds(monkeypatch) -> None:
     from rnninfer.bench import cases
 
     timed: list[int] = []
-    real_call = runner._Worker.call
+    real_call = runner.Worker.call
 
     def spy(self: Any, op: str, **kw: Any) -> dict[str, Any]:
         if op == "time":
             timed.append(self.threads)
         return real_call(self, op, **kw)
 
-    monkeypatch.setattr(runner._Worker, "call", spy)
+    monkeypatch.setattr(runner.Worker, "call", spy)
     # The machine's sgemm peak takes seconds to measure; the limits only need numbers.
     fake = {"cpu": {}, "versions": {}, "blas": "-", "method": {},
             "bandwidth": {"65536": {"best": 1e11}}, "peak": {"1": {"best": 1e11}, "2": {"best": 2e11}}}
@@ -80,6 +80,6 @@ def test_thread_counts_are_timed_in_the_same_rounds(monkeypatch) -> None:
         assert e["schedule"]["calls"] == e["n"]
         if c["threads"] == 1:
             assert e["schedule"]["one_thread"] == e["n"]
-    assert {(r["batch"], r["engine"]) for r in runner.scaling_rows(res)} == {(1, "rnninfer"), (3, "rnninfer")}
-    plans = [ln for ln in runner.schedule_lines(res) if ln.startswith("| emb")]
+    assert {(r["batch"], r["engine"]) for r in report.scaling_rows(res)} == {(1, "rnninfer"), (3, "rnninfer")}
+    plans = [ln for ln in report.schedule_lines(res) if ln.startswith("| emb")]
     assert [ln.split(" | ")[0] for ln in plans] == [f"| {c['name']}" for c in res["cases"] if c["threads"] == 2]

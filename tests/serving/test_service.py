@@ -435,9 +435,10 @@ def test_sigterm_under_load_finishes_in_flight_requests(start_server: StartServe
 def test_serve_without_the_extra_names_it(files: dict[str, Path]) -> None:
     code = ("import sys; sys.modules['starlette'] = None\n"
             "from rnninfer.cli import main\n"
-            f"main(['serve', {str(files['tokens'])!r}])")
+            f"raise SystemExit(main(['serve', {str(files['tokens'])!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode != 0
+    assert r.returncode == 2
+    assert r.stderr.startswith("rnninfer serve: error: ")
     assert "'serve' extra" in r.stderr
     assert "pip install 'rnninfer[serve]'" in r.stderr
 

@@ -1,5 +1,5 @@
-"""``python -m rnninfer.bench``: see :mod:`rnninfer.bench.runner`."""
+"""``python -m rnninfer.bench``: see :mod:`rnninfer.bench.command`."""
 
-from .runner import cli_main
+from .command import cli_main
 
 raise SystemExit(cli_main())

@@ -97,7 +97,7 @@ class Case:
         return dataclasses.asdict(self)
 
 
-#: SPEC §6: Embedding(20000, 128) -> 2 x LSTM(256) -> Dense(1, sigmoid), T = 64.
+#: The headline model: Embedding(20000, 128) -> 2 x LSTM(256) -> Dense(1, sigmoid), T = 64.
 HEADLINE_MODEL = Case()
 
 

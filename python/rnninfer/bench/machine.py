@@ -322,6 +322,57 @@ def merge(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+# ---- other load on the machine during a run ---------------------------------------------------
+def cpu_snapshot() -> dict[str, float]:
+    """CPU time so far: the whole machine's (``/proc/stat``: busy and steal) and this process
+    tree's (itself and its waited-for children), with the wall clock and load average."""
+    import resource
+
+    snap: dict[str, float] = {"wall": time.monotonic()}
+    own = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        own += ru.ru_utime + ru.ru_stime
+    snap["own_s"] = own
+    fields = _read("/proc/stat").splitlines()[:1]
+    if fields and fields[0].startswith("cpu "):
+        ticks = [float(v) for v in fields[0].split()[1:]]
+        hz = float(os.sysconf("SC_CLK_TCK"))
+        # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0.0)
+        steal = ticks[7] if len(ticks) > 7 else 0.0
+        total = sum(ticks[:8])
+        snap.update(busy_s=(total - idle - steal) / hz, steal_s=steal / hz, total_s=total / hz)
+    load = _read("/proc/loadavg").split()
+    if load:
+        snap["loadavg_1m"] = float(load[0])
+    return snap
+
+
+def other_load(before: Mapping[str, float], after: Mapping[str, float], cpus: int) -> dict[str, Any]:
+    """What else used the CPUs between two :func:`cpu_snapshot` s (Linux; empty elsewhere).
+
+    ``other_cores``: the average number of cores busy with work that was not this benchmark
+    (machine busy time minus the benchmark's own CPU time, per second of wall time);
+    ``steal_pct``: the share of CPU time the hypervisor gave to other guests.
+    """
+    if "busy_s" not in before or "busy_s" not in after:
+        return {}
+    wall = max(1e-9, after["wall"] - before["wall"])
+    busy = after["busy_s"] - before["busy_s"]
+    own = after["own_s"] - before["own_s"]
+    total = max(1e-9, after["total_s"] - before["total_s"])
+    return {
+        "wall_s": wall,
+        "cpus": cpus,
+        "own_cores": own / wall,
+        "other_cores": max(0.0, busy - own) / wall,
+        "steal_pct": 100.0 * (after["steal_s"] - before["steal_s"]) / total,
+        "loadavg_1m_before": before.get("loadavg_1m"),
+        "loadavg_1m_after": after.get("loadavg_1m"),
+    }
+
+
 # ---- machine limit -----------------------------------------------------------------------
 def bandwidth_at(machine: Mapping[str, Any], nbytes: int, threads: int = 1) -> float:
     """Read bandwidth (bytes/s) for ``threads`` cores streaming ``nbytes`` split between them.

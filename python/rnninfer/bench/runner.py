@@ -2,15 +2,15 @@
 
 Usage::
 
-    python -m rnninfer.bench --headline            # SPEC §6 headline (default)
+    python -m rnninfer.bench --headline            # the headline model (default)
     python -m rnninfer.bench --quick --threads 1   # small grid slice
     python -m rnninfer.bench --grid --rounds 10    # the whole grid (hours)
-    python -m rnninfer.bench --engines rnninfer,pytorch --out bench/results/mine
+    python -m rnninfer.bench --engines rnninfer,pytorch --out ./rnninfer-bench-results/mine
 
-Protocol (SPEC §6): every engine runs in the same run, on the same machine,
+Protocol: every engine runs in the same run, on the same machine,
 the same model with the same weights, the same input and the same thread
 count. Each framework lives in its own worker process per thread count (see
-``_worker.py``), all alive for the whole run. Before timing, every engine's output is checked against the
+``worker.py``), all alive for the whole run. Before timing, every engine's output is checked against the
 float64 reference (``rnninfer.reference``) on a small batch and on the first
 and last rows of the timed batch; an engine that disagrees by more than
 ``1e-4`` is reported, never timed. Timing is done in interleaved rounds: in
@@ -33,33 +33,37 @@ benchmarks any model given as a spec and tensors.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
-import json
 import os
-import pickle
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from . import cases as bench_cases
 from . import machine as bench_machine
 from . import peers
+from .report import write_results
+from .worker import Worker, WorkerDied
+
+SCHEMA = "rnninfer-bench-predict/1"
 
 
 def results_dir() -> Path:
-    """Where results go by default: ``bench/results`` in a source checkout, else ``./rnninfer-bench``."""
-    here = Path.cwd() / "bench" / "results"
-    return here if here.is_dir() else Path.cwd() / "rnninfer-bench"
-
-SCHEMA = "rnninfer-bench-predict/1"
+    """Where a run's files go without ``--out``: ``$RNNINFER_BENCH_DIR``, else the per-user
+    cache (``$XDG_CACHE_HOME/rnninfer/bench``, by default ``~/.cache/rnninfer/bench``) -- never
+    the current folder, so a run inside a checkout leaves no untracked files."""
+    env = os.environ.get("RNNINFER_BENCH_DIR")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "rnninfer" / "bench"
 _SMALL_BATCH, _SMALL_T = 2, 12
 
 
@@ -70,7 +74,6 @@ def _rnninfer_root() -> str:
     return str(Path(rnninfer.__file__).resolve().parent.parent)
 
 
-# ---- progress --------------------------------------------------------------------------------
 class _Progress:
     """tqdm when installed, otherwise a plain text progress line on stderr."""
 
@@ -111,76 +114,6 @@ class _Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-# ---- workers ---------------------------------------------------------------------------------
-class WorkerDied(RuntimeError):
-    """A worker process exited or broke the protocol."""
-
-
-class _Worker:
-    """One framework group at one thread count, in its own process."""
-
-    def __init__(self, group: str, threads: int, rnninfer_root: str, log_dir: Path) -> None:
-        self.group, self.threads = group, threads
-        env = dict(os.environ)
-        env.update(peers.thread_env(threads))
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (rnninfer_root, os.environ.get("PYTHONPATH", "")) if p
-        )
-        self.log_path = log_dir / f"worker-{group}-t{threads}.log"
-        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 (lives as long as the worker)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rnninfer.bench._worker", group, str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
-        )
-        ready = self._recv()
-        if not ready.get("ok"):
-            self.close()
-            raise WorkerDied(f"{group} worker could not start: {ready.get('error')}")
-
-    def _recv(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        try:
-            reply: dict[str, Any] = pickle.load(self.proc.stdout)
-        except (EOFError, pickle.UnpicklingError, OSError) as e:
-            raise WorkerDied(f"{self.group} worker (threads={self.threads}) died: {self.log_tail()}") from e
-        return reply
-
-    def call(self, op: str, **kw: Any) -> dict[str, Any]:
-        """Send one request; raises :class:`WorkerDied` or ``RuntimeError`` on failure."""
-        assert self.proc.stdin is not None
-        try:
-            pickle.dump({"op": op, **kw}, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as e:
-            raise WorkerDied(f"{self.group} worker died: {self.log_tail()}") from e
-        reply = self._recv()
-        if not reply.get("ok"):
-            raise RuntimeError(f"{self.group} worker: {reply.get('error')}\n{reply.get('traceback', '')}")
-        return reply
-
-    def log_tail(self, n: int = 1500) -> str:
-        self._log.flush()
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return "(no log)"
-
-    def close(self) -> None:
-        """Ask the worker to quit; kill it (by pid) if it does not."""
-        try:
-            if self.proc.poll() is None and self.proc.stdin is not None:
-                pickle.dump({"op": "quit"}, self.proc.stdin)
-                self.proc.stdin.flush()
-                self.proc.stdin.close()
-            self.proc.wait(timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
 
 
 # ---- what is benchmarked ------------------------------------------------------------------------
@@ -251,6 +184,10 @@ def run_items(
     prog = _Progress(total=len(items) * rounds, enabled=progress)
     for name, why in skipped.items():
         prog.write(f"skipping {name}: {why}")
+    if any(p.group in ("torch", "onnxruntime") for p in wanted if p.name in skipped):
+        prog.write("(pip install 'rnninfer[bench]' brings PyTorch and ONNX Runtime; 'rnninfer[bench-all]' "
+                   "adds OpenVINO and TensorFlow/Keras)")
+    load_before = bench_machine.cpu_snapshot()
 
     # machine: bandwidth at the per-core share of every layer's recurrent weights
     sizes = set(bench_machine.SWEEP_SIZES)
@@ -270,7 +207,7 @@ def run_items(
     rng = np.random.default_rng(seed)
     # One worker per framework group and thread count, all alive for the whole
     # run: a model's cases at every thread count are timed in the same rounds.
-    workers: dict[tuple[str, int], _Worker | str] = {}
+    workers: dict[tuple[str, int], Worker | str] = {}
     try:
         try:
             by_model: dict[Any, list[int]] = {}
@@ -286,7 +223,7 @@ def run_items(
                 results.update(zip(idxs, done))
         finally:
             for w in workers.values():
-                if isinstance(w, _Worker):
+                if isinstance(w, Worker):
                     w.close()
         prog.describe("measuring machine again")
         machine = bench_machine.merge(machine, bench_machine.measure(thread_counts, sorted(sizes)))
@@ -294,6 +231,11 @@ def run_items(
             _apply_limit(result, specs[items[i].model_key], machine)
     finally:
         prog.close()
+    load = bench_machine.other_load(load_before, bench_machine.cpu_snapshot(), os.cpu_count() or 1)
+    failed = any(st.get("status") in ("failed", "wrong output") for r in results.values()
+                 for st in r["engines"].values())
+    if not failed:
+        shutil.rmtree(log_dir, ignore_errors=True)
     rn = engine_versions.get("rnninfer", "")
     return {
         "schema": SCHEMA,
@@ -308,7 +250,8 @@ def run_items(
         "skipped_engines": skipped,
         "machine": machine,
         "cases": [results[i] for i in _report_order(items)],
-        "worker_logs": str(log_dir),
+        "load": load,
+        "worker_logs": str(log_dir) if failed else None,
     }
 
 
@@ -322,18 +265,18 @@ def _report_order(items: Sequence[Item]) -> list[int]:
 
 def _prepare(
     spec: Any, tensors_path: str, tensors: Mapping[str, np.ndarray], small: np.ndarray, small_ref: np.ndarray,
-    available: Sequence[peers.Peer], skipped: Mapping[str, str], workers: dict[tuple[str, int], _Worker | str],
+    available: Sequence[peers.Peer], skipped: Mapping[str, str], workers: dict[tuple[str, int], Worker | str],
     threads: int, rnninfer_root: str, log_dir: Path, engine_versions: dict[str, str], prog: _Progress,
-) -> tuple[dict[str, dict[str, Any]], dict[str, _Worker]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, Worker]]:
     """Load one model into every framework's worker for ``threads`` and check its output."""
     status: dict[str, dict[str, Any]] = {n: {"status": "skipped", "reason": why} for n, why in skipped.items()}
-    active: dict[str, _Worker] = {}
+    active: dict[str, Worker] = {}
     for group in dict.fromkeys(p.group for p in available):
         names = [p.name for p in available if p.group == group]
         w = workers.get((group, threads))
         if w is None:
             try:
-                w = _Worker(group, threads, rnninfer_root, log_dir)
+                w = Worker(group, threads, rnninfer_root, log_dir)
             except WorkerDied as e:
                 w = str(e)
             workers[(group, threads)] = w
@@ -356,7 +299,7 @@ def _prepare(
                 continue
             engine_versions[n] = r["version"]
             try:
-                def call_eval(x: np.ndarray, n: str = n, w: _Worker = w) -> np.ndarray:
+                def call_eval(x: np.ndarray, n: str = n, w: Worker = w) -> np.ndarray:
                     return np.asarray(w.call("eval", engine=n, x=x)["out"])
 
                 err = peers.check(call_eval, spec, tensors, small, ref=small_ref, tol=peers.get(n).tolerance)
@@ -372,7 +315,7 @@ def _prepare(
 
 def _run_model(
     spec: Any, group_items: Sequence[Item], available: Sequence[peers.Peer], skipped: Mapping[str, str],
-    workers: dict[tuple[str, int], _Worker | str], rnninfer_root: str, log_dir: Path,
+    workers: dict[tuple[str, int], Worker | str], rnninfer_root: str, log_dir: Path,
     machine: Mapping[str, Any], engine_versions: dict[str, str], prog: _Progress,
     rng: np.random.Generator, *, rounds: int, round_ms: float, pause_ms: float, warmup: int,
     max_call_s: float, keep_samples: bool,
@@ -383,7 +326,7 @@ def _run_model(
     prog.describe(f"{label}: preparing")
     tensors = group_items[0].tensors_fn(spec)
     status: dict[int, dict[str, dict[str, Any]]] = {}
-    active: dict[int, dict[str, _Worker]] = {}
+    active: dict[int, dict[str, Worker]] = {}
     with tempfile.TemporaryDirectory(prefix="rnninfer-bench-model-") as tmp:
         path = os.path.join(tmp, "tensors.npz")
         np.savez(path, **tensors)  # type: ignore[arg-type]
@@ -407,7 +350,7 @@ def _run_model(
 
 def _run_shape(
     its: Sequence[Item], spec: Any, tensors: Mapping[str, np.ndarray],
-    model_status: Mapping[int, Mapping[str, dict[str, Any]]], active: Mapping[int, Mapping[str, _Worker]],
+    model_status: Mapping[int, Mapping[str, dict[str, Any]]], active: Mapping[int, Mapping[str, Worker]],
     prog: _Progress, rng: np.random.Generator,
     *, rounds: int, round_ms: float, pause_ms: float, warmup: int, max_call_s: float, keep_samples: bool,
 ) -> list[dict[str, Any]]:
@@ -505,204 +448,6 @@ def _apply_limit(result: dict[str, Any], spec: Any, machine: Mapping[str, Any]) 
             st["rnninfer_speedup_p99"] = st["p99_ms"] / base_p99 if base_p99 else None
 
 
-# ---- reports ---------------------------------------------------------------------------------------
-def _fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def markdown(res: Mapping[str, Any]) -> str:
-    """The results as a Markdown report (header, machine, one table row per case and engine)."""
-    m = res["machine"]
-    cpu = m["cpu"]
-    lines = [
-        f"# rnninfer predict benchmark ({res['mode']})", "",
-        (f"- run: {res['created']}; rounds {res['settings']['rounds']} x ~{res['settings']['round_ms']:g} ms "
-         f"per engine, interleaved; check tolerance {res['settings']['check_tolerance']:g}"),
-        (f"- CPU: {cpu.get('model_name')} (family {cpu.get('cpu_family')}, model {cpu.get('model')}), "
-         f"{cpu.get('usable_cpus')} usable cores, SIMD {' '.join(cpu.get('simd_flags', []))}"
-         + (" (virtual machine)" if cpu.get("hypervisor") else "")),
-        f"- rnninfer: {res['rnninfer']['version'] or 'not run'}",
-    ]
-    for n, v in res["engines"].items():
-        if n != "rnninfer":
-            lines.append(f"- {n}: {v}")
-    for n, why in res["skipped_engines"].items():
-        lines.append(f"- {n}: skipped, {why}")
-    bw = m["bandwidth"]
-    bw_txt = ", ".join(f"{int(k) // 1024} KiB {v['best'] / 1e9:.0f}" for k, v in
-                       sorted(bw.items(), key=lambda kv: int(kv[0])))
-    peak_txt = ", ".join(f"{k} thr {v['best'] / 1e9:.0f}" for k, v in m["peak"].items())
-    lines += [
-        f"- measured single-core read bandwidth (GB/s, numpy best-of): {bw_txt}",
-        f"- measured fp32 sgemm peak (GFLOP/s): {peak_txt}",
-        "",
-        ("Columns: median / p99 = per-call latency; seq/s = batch / median; "
-         "speedup = this engine's median / rnninfer's median (>1: rnninfer faster); "
-         "limit = machine lower bound for the call (see bench/README.md); "
-         "% limit = limit / median; n = timed calls."),
-        "",
-        "| case | engine | median ms | p99 ms | seq/s | rnninfer speedup | limit ms | % limit | n | max err |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for c in res["cases"]:
-        for n, st in c["engines"].items():
-            if "median_ms" in st:
-                err = max(st.get("check_max_abs_err", 0.0), st.get("timed_check_max_abs_err", 0.0))
-                lines.append(
-                    f"| {c['name']} | {n} | {st['median_ms']:.3f} | {st['p99_ms']:.3f} | "
-                    f"{st['throughput_seq_s']:.0f} | {_fmt(st.get('rnninfer_speedup'), '.2f')} | "
-                    f"{c['limit']['ms']:.3f} | {st['pct_of_limit']:.0f} % | {st['n']} | {err:.1e} |"
-                )
-            elif st.get("status") != "skipped":
-                lines.append(f"| {c['name']} | {n} | {st.get('status')}: {str(st.get('reason', ''))[:120]} "
-                             "| | | | | | | |")
-    lines.append("")
-    lines += schedule_lines(res)
-    lines += scaling_lines(res)
-    return "\n".join(lines)
-
-
-_PLAN_COLUMNS = (("split", "split"), ("split_late", "split, joined late"), ("split_alone", "split, ran alone"),
-                 ("wavefront", "wavefront"), ("shards", "shards"), ("one_thread", "one thread"),
-                 ("held_off", "held off"), ("backoffs", "back-offs"))
-
-
-def schedule_lines(res: Mapping[str, Any]) -> list[str]:
-    """How rnninfer's scheduler ran the timed multi-threaded calls (plan kinds,
-    split back-offs), one row per case: which plan a median came from."""
-    rows = [(c["name"], c["engines"]["rnninfer"]["schedule"]) for c in res["cases"]
-            if c["threads"] > 1 and "schedule" in c["engines"].get("rnninfer", {})]
-    if not rows:
-        return []
-    lines = ["## rnninfer's plans in the timed calls", "",
-             ("Calls per plan kind (split: threads split every layer's hidden units, joined late: the caller ran "
-              "the first units alone while a worker woke; held off: planned without split plans after threads "
-              "were held up at step barriers; back-offs: how often that began). See docs/engine.md."), "",
-             "| case | calls | " + " | ".join(t for _, t in _PLAN_COLUMNS) + " |",
-             "| --- | ---: | " + " | ".join("---:" for _ in _PLAN_COLUMNS) + " |"]
-    for name, sched in rows:
-        lines.append(f"| {name} | {sched.get('calls', 0)} | "
-                     + " | ".join(str(sched.get(k, 0)) for k, _ in _PLAN_COLUMNS) + " |")
-    return [*lines, ""]
-
-
-def scaling_rows(res: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Same-run thread scaling: every case timed at 1 thread and at more, per engine.
-
-    One row per (case at ``n > 1`` threads, engine) whose 1-thread twin (same
-    model, ``T`` and batch) was timed too: medians and p99 at both counts, the
-    speedup of the medians, and rnninfer's speedup over the engine at ``n``.
-    """
-    by_key = {(c["model"], c["T"], c["batch"], c["threads"]): c for c in res["cases"]}
-    rows = []
-    for c in res["cases"]:
-        if c["threads"] == 1:
-            continue
-        one = by_key.get((c["model"], c["T"], c["batch"], 1))
-        if one is None:
-            continue
-        ours = c["engines"].get("rnninfer", {}).get("median_ms")
-        for n, st in c["engines"].items():
-            st1 = one["engines"].get(n, {})
-            if "median_ms" not in st or "median_ms" not in st1:
-                continue
-            rows.append({
-                "model": c["model"], "T": c["T"], "batch": c["batch"], "threads": c["threads"], "engine": n,
-                "median_1t_ms": st1["median_ms"], "p99_1t_ms": st1["p99_ms"],
-                "median_ms": st["median_ms"], "p99_ms": st["p99_ms"],
-                "speedup": st1["median_ms"] / st["median_ms"],
-                "rnninfer_vs_engine": (st["median_ms"] / ours) if ours and n != "rnninfer" else None,
-            })
-    return rows
-
-
-def scaling_lines(res: Mapping[str, Any]) -> list[str]:
-    """The Markdown section for :func:`scaling_rows` (empty when no case ran at 1 and more threads)."""
-    rows = scaling_rows(res)
-    if not rows:
-        return []
-    lines = [
-        "## Thread scaling (same run)", "",
-        ("speedup = median at 1 thread / median at n threads; vs rnninfer = this engine's median / "
-         "rnninfer's median at n threads."), "",
-        ("| model | T | batch | n | engine | 1 thread median / p99 ms | n threads median / p99 ms | speedup "
-         "| vs rnninfer |"),
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['T']} | {r['batch']} | {r['threads']} | {r['engine']} | "
-            f"{r['median_1t_ms']:.3f} / {r['p99_1t_ms']:.3f} | {r['median_ms']:.3f} / {r['p99_ms']:.3f} | "
-            f"{r['speedup']:.2f}x | {_fmt(r['rnninfer_vs_engine'], '.2f')} |"
-        )
-    lines.append("")
-    return lines
-
-
-def plot(res: Mapping[str, Any], path: Path) -> bool:
-    """Save a PNG: grouped bars (median, p99 whisker, limit mark) or, for many cases, speedups."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    cases = res["cases"]
-    names = list(dict.fromkeys(n for c in cases for n, st in c["engines"].items() if "median_ms" in st))
-    if not cases or not names:
-        return False
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(cases) + 2), 4.8))
-    if len(cases) <= 16:
-        width = 0.8 / len(names)
-        for j, n in enumerate(names):
-            xs, med, lo, hi = [], [], [], []
-            for i, c in enumerate(cases):
-                st = c["engines"].get(n, {})
-                if "median_ms" in st:
-                    xs.append(i + (j - (len(names) - 1) / 2) * width)
-                    med.append(st["median_ms"])
-                    lo.append(0.0)
-                    hi.append(st["p99_ms"] - st["median_ms"])
-            ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=n)
-        for i, c in enumerate(cases):
-            ax.hlines(c["limit"]["ms"], i - 0.42, i + 0.42, colors="k", linestyles="dashed", linewidth=1)
-        ax.set_xticks(range(len(cases)))
-        ax.set_xticklabels([c["name"].split("-", 2)[-1] for c in cases], rotation=20, ha="right")
-        ax.set_ylabel("latency per call, ms (median, whisker to p99; dashed: machine limit)")
-    else:
-        for n in names:
-            if n == "rnninfer":
-                continue
-            ys = [c["engines"].get(n, {}).get("rnninfer_speedup", np.nan) for c in cases]
-            ax.plot(range(len(cases)), ys, marker="o", linestyle="", label=n)
-        ax.axhline(1.0, color="k", linewidth=1)
-        ax.set_xlabel("case index (see the .md table)")
-        ax.set_ylabel("peer median / rnninfer median")
-    ax.set_yscale("log")
-    ax.set_title(f"rnninfer predict ({res['mode']}): {res['machine']['cpu'].get('model_name')}, "
-                 f"{res['rnninfer']['version']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def write_results(res: dict[str, Any], out: str | os.PathLike[str]) -> dict[str, str]:
-    """Write ``<out>.json``, ``<out>.md`` and ``<out>.png``; returns their paths."""
-    base = Path(out)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": str(base.with_suffix(".json")), "md": str(base.with_suffix(".md"))}
-    res["outputs"] = paths
-    Path(paths["md"]).write_text(markdown(res))
-    png = base.with_suffix(".png")
-    if plot(res, png):
-        paths["png"] = str(png)
-    Path(paths["json"]).write_text(json.dumps(res, indent=1, default=float) + "\n")
-    return paths
-
-
 def _default_out(mode: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return results_dir() / f"{mode}-{stamp}"
@@ -723,10 +468,10 @@ def run_headline(
     progress: bool = True, *, threads: Sequence[int] = (1, 2), rounds: int = 20,
     engines: Sequence[str] | None = None, out: str | os.PathLike[str] | None = None, **kw: Any,
 ) -> dict[str, Any]:
-    """SPEC §6 headline: Embedding(20000,128) -> 2 x LSTM(256) -> Dense(1, sigmoid), T=64.
+    """The headline model: Embedding(20000,128) -> 2 x LSTM(256) -> Dense(1, sigmoid), T=64.
 
     Batch 1 and 64, each thread count, rnninfer and every installed peer (none
-    is required). Writes ``bench/results/headline-<time>.{json,md,png}`` (or
+    is required). Writes ``<results dir>/headline-<time>.{json,md,png}`` (or
     ``out``) and returns the results document; ``res["paths"]`` names the
     files and :func:`markdown` renders the table.
     """
@@ -750,119 +495,3 @@ def run_spec(
     res = run_items(items, mode="model", **kw)
     res["paths"] = write_results(res, out if out is not None else _default_out("model"))
     return res
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The benchmark's options (shared by ``rnninfer bench`` and ``python -m rnninfer.bench``)."""
-    p.add_argument("model", nargs="?", default=None,
-                   help="a model file to time (default: the SPEC §6 headline model, built with seed 0)")
-    suite = p.add_mutually_exclusive_group()
-    suite.add_argument("--headline", dest="suite", action="store_const", const="headline",
-                       help="SPEC §6 headline case (default)")
-    suite.add_argument("--quick", dest="suite", action="store_const", const="quick", help="small grid slice")
-    suite.add_argument("--grid", dest="suite", action="store_const", const="grid", help="the full grid (slow)")
-    suite.add_argument("--kernels", dest="suite", action="store_const", const="kernels",
-                       help="headline, GRU T=128 and the per-call floor (1 layer, H=16, T=1)")
-    suite.add_argument("--scaling", dest="suite", action="store_const", const="scaling",
-                       help="thread scaling: layers 1/2/4, bidirectional, batch 1/8/64, T 32/128/512")
-    suite.add_argument("--scheduler", dest="suite", action="store_const", const="scheduler",
-                       help="the scheduler's targets: headline b1/b64, 4-layer T=128 b1, "
-                            "bidirectional 2-layer b1 at T 32/128/512")
-    suite.add_argument("--serving", dest="suite", action="store_const", const="serving",
-                       help="streams fed token by token against PyTorch/ONNX Runtime step models "
-                            "(bench/streams.py; takes --threads, --rounds, --round-ms, --pause-ms, --out)")
-    suite.add_argument("--small", dest="suite", action="store_const", const="small",
-                       help="small models (H 16-128): the two seed models and a grid, against the "
-                            "FMA-peak and latency-chain limits (rnninfer.bench.small)")
-    suite.add_argument("--small-seeds", dest="suite", action="store_const", const="small-seeds",
-                       help="the --small suite's two seed models only")
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--steps", type=int, default=64, help="sequence length when timing a model file")
-    p.add_argument("--batches", default="1,64", help="batch sizes when timing a model file")
-    p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
-    p.add_argument("--round-ms", type=float, default=100.0, help="work per engine per round (default 100)")
-    p.add_argument("--pause-ms", type=float, default=50.0, help="pause between engines (default 50)")
-    p.add_argument("--engines", default=",".join(peers.PEER_NAMES),
-                   help=f"comma-separated subset of {','.join(peers.PEER_NAMES)}")
-    p.add_argument("--max-call-s", type=float, default=10.0, help="skip an engine slower than this per call")
-    p.add_argument("--keep-samples", action="store_true", help="store every latency sample in the JSON")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default=None, help="output prefix (default bench/results/<suite>-<time> "
-                                                "in a checkout, else ./rnninfer-bench/...)")
-
-
-def _round_trip_headline() -> None:
-    """The headline model built, saved, loaded and run: the product path end to end."""
-    import rnninfer
-    from rnninfer.layers import LSTM, Dense, Embedding
-
-    model = rnninfer.build(
-        [Embedding(20000, 128), LSTM(256, return_sequences=True), LSTM(256), Dense(1, "sigmoid")],
-        seed=0, name="headline",
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "headline.npz"
-        model.save(path)
-        size_mb = path.stat().st_size / 2**20
-        loaded = rnninfer.load(path)
-    x = np.random.default_rng(0).integers(0, 20000, size=64)
-    y = loaded.predict(x)
-    if not np.array_equal(y, model.predict(x)):
-        raise RuntimeError("the reloaded headline model disagrees with the built one")
-    for _ in range(10):
-        loaded.predict(x)
-    times = []
-    for _ in range(50):
-        t0 = time.perf_counter()
-        loaded.predict(x)
-        times.append(time.perf_counter() - t0)
-    ms = float(np.median(times)) * 1e3
-    print(f"headline model: built (seed 0), saved ({size_mb:.1f} MiB) and loaded back; "
-          f"predict(T=64) = {float(y[0]):.6f}; median {ms:.3f} ms per call on {loaded.threads} thread(s), "
-          f"isa {loaded.isa}")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the benchmark described by parsed :func:`add_arguments` options."""
-    if args.suite == "serving":
-        from . import streams
-
-        return streams.main(args)
-    if args.suite in ("small", "small-seeds"):
-        from . import small
-
-        return small.main(args)
-    threads = _ints(args.threads)
-    engines = [e for e in args.engines.split(",") if e]
-    common = {"engines": engines, "rounds": args.rounds, "round_ms": args.round_ms, "pause_ms": args.pause_ms,
-                  "max_call_s": args.max_call_s, "progress": not args.no_progress}
-    if args.model is not None:
-        import rnninfer
-
-        model = rnninfer.load(args.model)
-        res = run_spec(model.spec, dict(model.tensors), T=args.steps, batches=_ints(args.batches),
-                       threads=threads, out=args.out, keep_samples=args.keep_samples, **common)
-    else:
-        mode = args.suite or "headline"
-        _round_trip_headline()
-        case_list = bench_cases.select(mode, threads)
-        res = run_cases(case_list, out=args.out, mode=mode,
-                        keep_samples=args.keep_samples or mode == "headline", **common)
-    print(markdown(res))
-    print("wrote " + ", ".join(res["paths"].values()))
-    return 0
-
-
-def cli_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rnninfer.bench`` / ``bench/bench_predict.py``."""
-    p = argparse.ArgumentParser(description="rnninfer predict benchmark against PyTorch, ONNX Runtime, Keras")
-    add_arguments(p)
-    return main(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(cli_main())

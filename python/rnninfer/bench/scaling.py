@@ -13,7 +13,7 @@ its dependencies are done. Hand-off costs are included only as far as they
 show in the measured unit durations; memory bandwidth shared by more cores
 is not modelled (the projection is an upper bound of what the plan allows).
 
-    python -m rnninfer.bench.scaling [--out bench/results/scaling-projection]
+    rnninfer bench scaling-projection [--out PREFIX]   (= python -m rnninfer.bench.scaling)
 """
 
 from __future__ import annotations
@@ -169,10 +169,14 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: see the module docstring."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from .runner import results_dir
+
+    p = argparse.ArgumentParser(prog="rnninfer bench scaling-projection", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=128)
-    p.add_argument("--out", default="bench/results/scaling-projection")
+    p.add_argument("--out", default=None, help="output prefix (default: <results dir>/scaling-projection)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(results_dir() / "scaling-projection")
     res = project(T=args.steps)
     text = markdown(res)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

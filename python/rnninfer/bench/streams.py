@@ -5,7 +5,7 @@ interleaved rounds (a rotating order, a pause between engines so that one
 framework's spinning threads do not steal from the next), outputs checked
 before anything is timed:
 
-* ``one-stream``: the SPEC §6 headline model, one stream fed one token per
+* ``one-stream``: the headline model, one stream fed one token per
   call; p50 and p99 per token. rnninfer: ``Stream.feed([tok])`` at fp32,
   bf16 and int8 weights. PyTorch: ``rnn(emb(tok), (h, c))`` with the carried
   state under ``inference_mode``. ONNX Runtime: the same step module exported

@@ -6,7 +6,7 @@ is queued, runs it as one ragged ``predict`` (or ``feed_many``) call and hands
 each caller its own slice of the result.
 
 Why batching never changes an answer here: the engine gives every sequence of a
-ragged batch the bits it would get alone (SPEC §2), whatever the batch's width
+ragged batch the bits it would get alone (docs/engine.md, "Determinism"), whatever the batch's width
 or composition, so a request's slice of the merged output *is* what
 ``model.predict`` gives for that request alone.
 

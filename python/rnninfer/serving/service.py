@@ -1,6 +1,6 @@
 """The HTTP service behind ``rnninfer serve``: an ASGI app over one :class:`Batcher`.
 
-Endpoints (SPEC §7, ``docs/serving.md``)::
+Endpoints (``docs/serving.md``)::
 
     POST   /v1/predict        {"inputs": ..., "lengths": [...]?} -> {"outputs": ...}
     POST   /v1/streams        -> {"id": ...}

@@ -1,6 +1,9 @@
-"""Worker process: hosts the engines of one framework at one thread count.
+"""Worker processes: each hosts the engines of one framework at one thread count.
 
-``runner.py`` starts one worker per (framework group, thread count) so
+:class:`Worker` is the runner's handle on one; :func:`main` is the process itself
+(``python -m rnninfer.bench.worker GROUP THREADS``).
+
+The runner starts one worker per (framework group, thread count) so
 that every framework sizes its thread pools before it initialises (TensorFlow
 cannot change them later) and no two frameworks' pools compete inside one
 process. The protocol is pickled dicts: requests on stdin, replies on the
@@ -20,16 +23,89 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import subprocess
 import sys
 import time
 import traceback
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
-from rnninfer.bench import peers
+from . import peers
 
 
+# ---- the runner's side -------------------------------------------------------------------------
+class WorkerDied(RuntimeError):
+    """A worker process exited or broke the protocol."""
+
+
+class Worker:
+    """One framework group at one thread count, in its own process."""
+
+    def __init__(self, group: str, threads: int, rnninfer_root: str, log_dir: Path) -> None:
+        self.group, self.threads = group, threads
+        env = dict(os.environ)
+        env.update(peers.thread_env(threads))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (rnninfer_root, os.environ.get("PYTHONPATH", "")) if p
+        )
+        self.log_path = log_dir / f"worker-{group}-t{threads}.log"
+        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 (lives as long as the worker)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rnninfer.bench.worker", group, str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
+        )
+        ready = self._recv()
+        if not ready.get("ok"):
+            self.close()
+            raise WorkerDied(f"{group} worker could not start: {ready.get('error')}")
+
+    def _recv(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        try:
+            reply: dict[str, Any] = pickle.load(self.proc.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError) as e:
+            raise WorkerDied(f"{self.group} worker (threads={self.threads}) died: {self.log_tail()}") from e
+        return reply
+
+    def call(self, op: str, **kw: Any) -> dict[str, Any]:
+        """Send one request; raises :class:`WorkerDied` or ``RuntimeError`` on failure."""
+        assert self.proc.stdin is not None
+        try:
+            pickle.dump({"op": op, **kw}, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            raise WorkerDied(f"{self.group} worker died: {self.log_tail()}") from e
+        reply = self._recv()
+        if not reply.get("ok"):
+            raise RuntimeError(f"{self.group} worker: {reply.get('error')}\n{reply.get('traceback', '')}")
+        return reply
+
+    def log_tail(self, n: int = 1500) -> str:
+        self._log.flush()
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+    def close(self) -> None:
+        """Ask the worker to quit; kill it (by pid) if it does not."""
+        try:
+            if self.proc.poll() is None and self.proc.stdin is not None:
+                pickle.dump({"op": "quit"}, self.proc.stdin)
+                self.proc.stdin.flush()
+                self.proc.stdin.close()
+            self.proc.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+# ---- the worker process --------------------------------------------------------------------------
 class _State:
     def __init__(self, group: str, threads: int) -> None:
         self.group = group
