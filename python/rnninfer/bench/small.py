@@ -141,11 +141,11 @@ def markdown(res: Mapping[str, Any]) -> str:
 def run(threads: Sequence[int] = (1,), *, grid: bool = True, out: str | None = None,
         **kw: Any) -> dict[str, Any]:
     """Run the suite (all cases in one run, so every comparison is same-run) and write the files."""
-    from . import runner
+    from . import report, runner
 
     res = runner.run_items(runner.items_from_cases(cases(threads, grid=grid)), mode="small", **kw)
     annotate(res, fma_latency_s())
-    res["paths"] = runner.write_results(res, out if out is not None else runner._default_out("small"))
+    res["paths"] = report.write_results(res, out if out is not None else runner._default_out("small"))
     with open(res["paths"]["md"], "a", encoding="utf-8") as fh:
         fh.write("\n" + markdown(res) + "\n")
     return res
