@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -311,10 +311,16 @@ def _run_suite(name: str, module: str, argv: list[str]) -> int:
     """``rnninfer bench NAME ...``: a registered suite's own ``main(argv)``."""
     import importlib
 
-    prefix = f"rnninfer bench {name}: "
+    return _exit_code(
+        f"rnninfer bench {name}: ",
+        lambda: importlib.import_module(f".bench.{module}", __package__).main(argv),
+    )
+
+
+def _exit_code(prefix: str, run: Callable[[], Any]) -> int:
+    """Run a command; usage and input errors become one ``<prefix>error: ...`` line and exit 2."""
     try:
-        mod = importlib.import_module(f".bench.{module}", __package__)
-        return int(mod.main(argv))
+        return int(run())
     except SystemExit as e:
         if not isinstance(e.code, str):
             raise
@@ -335,20 +341,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_suite(argv[1], SUITES[argv[1]], argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    prefix = f"rnninfer {args.command}: "
-    try:
+
+    def run() -> Any:
         output = getattr(args, "output", None)
         if output and output != "-":
             _check_output_folder(output)
-        return int(args.func(args))
-    except SystemExit as e:
-        if not isinstance(e.code, str):
-            raise
-        msg = e.code.removeprefix(prefix)
-    except (UsageError, ModelFormatError, ValueError, TypeError, OSError) as e:
-        msg = str(e)
-    print(f"{prefix}error: {msg}", file=sys.stderr)
-    return 2
+        return args.func(args)
+
+    return _exit_code(f"rnninfer {args.command}: ", run)
 
 
 if __name__ == "__main__":
