@@ -258,7 +258,13 @@ def check_token_range(data: np.ndarray, lengths: np.ndarray | None, shift: np.nd
     Raises:
         ValueError: the first id outside ``[0, vocab)`` inside a row's length.
     """
-    if data.size == 0 or (data.min() >= 0 and data.max() < vocab):
+    if data.size == 0:
+        return
+    if data.dtype == np.int64:
+        # One pass instead of min and max: as uint64 a negative id is >= 2**63, never < vocab.
+        if data.view(np.uint64).max() < vocab:
+            return
+    elif data.min() >= 0 and data.max() < vocab:
         return
     T = data.shape[1]
     inside = np.ones(data.shape, bool) if lengths is None else np.arange(T)[None, :] < lengths[:, None]
