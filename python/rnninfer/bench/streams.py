@@ -115,7 +115,6 @@ def _torch_step(spec: Any, tensors: Mapping[str, np.ndarray]) -> Any:
 
 
 def _onnx_step(step: Any, spec: Any, threads: int, tmp: str) -> Any:
-    import onnxruntime as ort
     import torch
 
     layers, units = len(spec.layers), spec.layers[0].units
@@ -130,13 +129,7 @@ def _onnx_step(step: Any, spec: Any, threads: int, tmp: str) -> Any:
                               input_names=["x", "h", "c"], output_names=["y", "hn", "cn"],
                               dynamic_axes={"x": {0: "b"}, "h": {1: "b"}, "c": {1: "b"}, "y": {0: "b"},
                                             "hn": {1: "b"}, "cn": {1: "b"}})
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return peers.cpu_session(path, threads)
 
 
 class _Feeder:

@@ -73,6 +73,7 @@ from .native import (
     prepare_rnninfer_percore,
 )
 from .onnxrt import (
+    cpu_session,
     export_onnx,
     prepare_onnxruntime,
     prepare_onnxruntime_int8,
@@ -165,6 +166,6 @@ def sample_input(spec: Any, batch: int, T: int, seed: int) -> np.ndarray:
 
 __all__ = [
     "CHECK_TOLERANCE", "PEERS", "PEER_NAMES", "REDUCED_CHECK_TOLERANCE", "Peer", "Prepared", "RunFn", "Tensors",
-    "Unsupported", "WrongOutput", "check", "check_supported", "export_onnx", "get", "keras_model",
+    "Unsupported", "WrongOutput", "check", "check_supported", "cpu_session", "export_onnx", "get", "keras_model",
     "max_abs_error", "reference_outputs", "sample_input", "setup_process", "thread_env", "torch_module", "verify",
 ]

@@ -46,6 +46,23 @@ def export_onnx(spec: Any, tensors: Tensors, path: str) -> str:
     raise RuntimeError("torch.onnx.export failed: " + " | ".join(errors))
 
 
+def cpu_session(path: str, threads: int) -> Any:
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads, run sequentially.
+
+    Every ONNX Runtime engine of the benchmarks is built this way, so that
+    they are timed under the same settings.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
 def prepare_onnxruntime(spec: Any, tensors: Tensors, threads: int, quantize: bool = False) -> Prepared:
     """ONNX Runtime (CPU provider) on the exported PyTorch module (optionally int8-quantised)."""
     check_supported(spec, "onnxruntime")
@@ -62,13 +79,7 @@ def prepare_onnxruntime(spec: Any, tensors: Tensors, threads: int, quantize: boo
                 warnings.simplefilter("ignore")
                 quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
             path, note = qpath, note + ", quantize_dynamic int8"
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(path, threads)
     in_name = session.get_inputs()[0].name
     dtype = np.int64 if spec.input.kind == "tokens" else np.float32
 
