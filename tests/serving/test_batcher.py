@@ -110,6 +110,15 @@ def _start(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     return t, box
 
 
+def _run_clients(client: Callable[[int], None], n: int) -> None:
+    """Run ``client(0) ... client(n - 1)`` in n threads at once and wait for them (bounded)."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+
+
 def _until(cond: Callable[[], bool]) -> None:
     end = time.monotonic() + WAIT
     while not cond():
@@ -133,11 +142,7 @@ def test_threads_get_predicts_bits(name: str, rng: np.random.Generator) -> None:
                 x, lens = reqs[i]
                 got[i] = b.predict(x, lengths=lens)
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(WAIT)
+        _run_clients(client, clients)
         stats = b.stats()
     assert all(_same(g, e) for g, e in zip(got, expected))
     assert stats["requests"] == len(reqs)
@@ -486,11 +491,7 @@ def test_threads_feeding_streams_get_the_bits_of_predict(name: str, rng: np.rand
                 got[k].append(b.feed(stream, c.tolist() if c.dtype.kind == "i" else c))
             assert stream.steps == len(seqs[k])
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(WAIT)
+        _run_clients(client, clients)
         stats = b.stats()
     for k in range(clients):
         want = _stream_expected(model, seqs[k], chunks[k])
@@ -592,11 +593,7 @@ def test_predicts_and_feeds_mix(rng: np.random.Generator) -> None:
                 s = model.stream()
                 assert _same(b.feed(s, xs[k]), model.predict(xs[k]))
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(WAIT)
+        _run_clients(work, len(xs))
         assert b.stats()["requests"] == len(xs)
 
 
