@@ -259,6 +259,10 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   a.tile_begin = u0 / m.kernels->rec_tile;
   a.tile_end = slice != nullptr ? u1 / m.kernels->rec_tile : -1;
   const bool proj = L.proj_size > 0;
+  // A last-state readout reads the top layer's final states (final_state),
+  // never its rows: a forward top layer without a residual link writes none.
+  const bool rows_unread = top && m.desc.readout == Readout::kLast && L.dirs() == 1 &&
+                           L.residual_from == kNoResidual;
 
   for (int s = 0; s < t_end - t_begin; ++s) {
     const int t = u.reverse ? t_end - 1 - s : t_begin + s;
@@ -289,7 +293,7 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
     } else {
       a.h_next = h_next;
       a.ld_hn = static_cast<std::size_t>(P);
-      a.y = y;
+      a.y = rows_unread ? nullptr : y;
       a.ld_y = ld_y;
     }
     switch (L.cell) {
@@ -306,7 +310,7 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
     if (proj) {
       m.kernels->gemm(dw.wr.view, sc.m.data(), static_cast<std::size_t>(H), n, h_next,
                      static_cast<std::size_t>(P));
-      copy_rows(h_next, static_cast<std::size_t>(P), y, ld_y, n, P);
+      if (!rows_unread) copy_rows(h_next, static_cast<std::size_t>(P), y, ld_y, n, P);
     }
     if (ws.any_skip) {
       // A masked step keeps the state and outputs zeros (docs/format.md).
@@ -315,11 +319,12 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
         if (slice == nullptr) {
           std::memcpy(h_next + i * P, h_prev + i * P, static_cast<std::size_t>(P) * sizeof(float));
           std::memcpy(c_next + i * H, c_prev + i * H, static_cast<std::size_t>(H) * sizeof(float));
-          std::memset(y + i * static_cast<int64_t>(ld_y), 0, static_cast<std::size_t>(P) * sizeof(float));
+          if (!rows_unread)
+            std::memset(y + i * static_cast<int64_t>(ld_y), 0, static_cast<std::size_t>(P) * sizeof(float));
         } else {
           std::memcpy(h_next + i * P + u0, h_prev + i * P + u0, slice_bytes);
           std::memcpy(c_next + i * H + u0, c_prev + i * H + u0, slice_bytes);
-          std::memset(y + i * static_cast<int64_t>(ld_y) + u0, 0, slice_bytes);
+          if (!rows_unread) std::memset(y + i * static_cast<int64_t>(ld_y) + u0, 0, slice_bytes);
         }
       }
     }
