@@ -445,7 +445,15 @@ ScheduleStats::Field Executor::run_split(Workspace& ws, const Plan& plan) const 
       while ((from = split_from.load(std::memory_order_acquire)) < 0) cpu_relax();
     }
     if (from >= U) return;
-    const Slice slice{tid, n, &barrier};
+    // Each thread loads its slice of every starting state still to come
+    // before the first barrier below, which then fences them all: the first
+    // step of a layer needs no barrier of its own (a one-token feed crosses
+    // three barriers instead of five).
+    const Slice slice{tid, n, &barrier, true};
+    for (int i = from; i < U; ++i) {
+      const Unit& u = plan.units[static_cast<size_t>(i)];
+      if (u.kind == Unit::Kind::kDirection && u.first) init_state(m_, ws, plan, u, &slice);
+    }
     for (int i = from; i < U; ++i) {
       const Unit& u = plan.units[static_cast<size_t>(i)];
       barrier.wait();  // the rows a unit reads were written by every thread (or the caller alone)
