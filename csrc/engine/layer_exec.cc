@@ -218,8 +218,13 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   const int64_t r0 = ws.offset[static_cast<size_t>(t_begin)];
   const int block_rows = static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0);
   const bool projected = plan.projected[static_cast<size_t>(u.layer)];
-  if (projected) {
-    // Done by kProject units into ws.proj (read below).
+  // One sequence (a stream's feed, a predict of one sequence): a step has one
+  // row, whose projection the step kernel reads straight from the token
+  // table; copying it first cost more than the step's reads of it (the copy
+  // waited for the whole 4 KiB row of an LSTM(256) at once).
+  const bool table_rows = dw.token_proj.size() != 0 && ws.batch == 1;
+  if (projected || table_rows) {
+    // Done by kProject units into ws.proj, or read from the table (below).
   } else if (dw.token_proj.size() != 0) {
     const std::size_t bytes = static_cast<std::size_t>(GH) * sizeof(float);
     auto row_of = [&](int i) {
@@ -298,6 +303,8 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
     a.h_prev = h_prev;
     if (projected)
       a.xp = ws.proj[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)].data() + row0 * GH;
+    else if (table_rows)
+      a.xp = dw.token_proj.data() + static_cast<std::size_t>(ws.token[static_cast<size_t>(row0)]) * GH;
     else
       a.xp = sc.xproj.data() + (row0 - r0) * GH;
     a.c_prev = c_prev;
