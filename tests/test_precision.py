@@ -331,3 +331,17 @@ def test_wide_inputs_many_rows(features, precision, isa, make_model, rng):
     np.testing.assert_allclose(out, base.predict(xs), atol=MAX_DIFF[precision], rtol=0)
     for i in (0, len(xs) - 1):
         assert np.array_equal(model.predict(xs[i]), out[i])
+
+
+@pytest.mark.parametrize("precision", ["fp32", *REDUCED])
+@pytest.mark.parametrize("units", [32, 40, 72])
+def test_one_row_projections_match_many_row_ones(units, precision, isa, make_model, rng):
+    """A one-step feed projects one row: the gemms run several column panels at
+    once for it (whole panel groups, then single panels and a column tail).
+    Its bits are those of the many-row projections predict runs."""
+    layers = [Features(24), LSTM(units, return_sequences=True), GRU(units, return_sequences=True), Dense(3)]
+    model = make_model(layers, seed=units, isa=isa).with_precision(precision)
+    x = rng.standard_normal((9, 24)).astype(np.float32)
+    s = model.stream()
+    fed = np.concatenate([s.feed(x[t:t + 1]) for t in range(len(x))])
+    assert np.array_equal(fed, model.predict(x))

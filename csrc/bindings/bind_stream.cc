@@ -329,6 +329,30 @@ py::object feed_many(const PyEngine& owner, const py::list& streams, const py::l
 void register_stream(py::module_& m) {
   py::class_<PyStream>(m, "StreamCore", "One sequence's carried state (base of rnninfer.serving.Stream).")
       .def(py::init<const py::object&>(), py::arg("engine"))
+      // feed is bound here, not wrapped in Python: a Python frame around it
+      // was a sixth of a tiny model's feed. Inputs that need normalising go
+      // to the subclass's _feed_slow (rnninfer.serving.Stream).
+      .def(
+          "feed",
+          [](PyStream& s, const py::handle& x) -> py::object {
+            py::object out = s.feed(x);
+            if (!out.is_none()) return out;
+            return py::cast(&s, py::return_value_policy::reference).attr("_feed_slow")(x);
+          },
+          py::arg("x"), R"doc(Advance the stream by the new steps ``x``.
+
+Args:
+    x: token ids (a list or 1-D integer array) for token models,
+        ``(n, F)`` float32/float64 features for feature models.
+
+Returns:
+    ``(n, out)`` float32 outputs of the new steps when the model
+    returns sequences, else ``(out,)``: the head on the state after
+    the last step, what ``predict`` gives on everything fed so far.
+
+Raises:
+    TypeError, ValueError: bad input, as ``predict`` names it; the
+        stream is left unchanged.)doc")
       .def("_feed", &PyStream::feed, py::arg("x"),
            "Outputs of the new steps, or None when x needs normalising first.")
       .def("_state", &PyStream::state, "A copy of the state, flat (Engine.state_entries gives the layout).")

@@ -174,6 +174,9 @@ namespace {
 template <typename At>
 void fill_tokens(const PackedModel& m, Workspace& ws, float* in, At at) {
   const int E = m.desc.input_width;
+  // Rows nothing reads are not copied: a one-token feed of a large
+  // vocabulary would otherwise wait for a cache miss on the embedding table.
+  const bool rows = m.reads_input_rows();
   ws.token.resize(static_cast<size_t>(ws.rows));
   for (int t = 0; t < ws.steps; ++t) {
     for (int i = 0; i < ws.active[static_cast<size_t>(t)]; ++i) {
@@ -184,8 +187,9 @@ void fill_tokens(const PackedModel& m, Workspace& ws, float* in, At at) {
                                            " is out of range for the vocabulary [0, ",
                                            m.desc.vocab_size, ")"));
       const int64_t row = ws.offset[static_cast<size_t>(t)] + i;
-      std::memcpy(in + row * E, m.embedding.data() + static_cast<std::size_t>(tok) * E,
-                  static_cast<std::size_t>(E) * sizeof(float));
+      if (rows)
+        std::memcpy(in + row * E, m.embedding.data() + static_cast<std::size_t>(tok) * E,
+                    static_cast<std::size_t>(E) * sizeof(float));
       ws.token[static_cast<size_t>(row)] = static_cast<int32_t>(tok);
       if (m.desc.mask_zero && tok == 0) {
         ws.skip[static_cast<size_t>(row)] = 1;

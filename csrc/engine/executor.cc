@@ -233,8 +233,12 @@ void Executor::assign_slots(Workspace& ws, bool reuse) const {
   }
 }
 
+Executor::~Executor() { delete hot_.load(std::memory_order_acquire); }
+
 Executor::Lease::Lease(const Executor& e) : exec_(e) {
-  {
+  // The common case (one call at a time) takes the hot workspace without a lock.
+  ws_.reset(e.hot_.exchange(nullptr, std::memory_order_acquire));
+  if (!ws_) {
     std::lock_guard<std::mutex> lock(e.spare_mu_);
     if (!e.spare_.empty()) {
       ws_ = std::move(e.spare_.back());
@@ -245,6 +249,11 @@ Executor::Lease::Lease(const Executor& e) : exec_(e) {
 }
 
 Executor::Lease::~Lease() {
+  Workspace* empty = nullptr;
+  if (exec_.hot_.compare_exchange_strong(empty, ws_.get(), std::memory_order_acq_rel)) {
+    (void)ws_.release();  // now owned by hot_
+    return;
+  }
   std::lock_guard<std::mutex> lock(exec_.spare_mu_);
   // Keep a few workspaces for reuse; more than that were only needed by a
   // burst of concurrent calls and are released.
@@ -257,9 +266,12 @@ Executor::Call Executor::begin_call(Workspace& ws, CallTrace* trace, std::unique
   ws.min_alone_units = trace != nullptr ? trace->min_alone_units : 0;
   call.pool_lock = std::move(pool_lock);
   const int threads = call.pool_lock.owns_lock() ? pool_->size() : 1;
-  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::steady_clock::now().time_since_epoch()).count();
-  const bool held_off = threads > 1 && split_backoff_.held_off(now);
+  // The clock is read only when a back-off could matter (a one-thread feed
+  // is a few microseconds, and a clock read a noticeable part of it).
+  const bool held_off =
+      threads > 1 && split_backoff_.held_off(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                 std::chrono::steady_clock::now().time_since_epoch())
+                                                 .count());
   if (held_off) count(ScheduleStats::kHeldOff);
   const bool may_split = !held_off && (trace == nullptr || trace->allow_split);
   if (ws.plan_steps != ws.steps || ws.plan_batch != ws.batch || ws.plan_threads != threads ||
@@ -433,7 +445,15 @@ ScheduleStats::Field Executor::run_split(Workspace& ws, const Plan& plan) const 
       while ((from = split_from.load(std::memory_order_acquire)) < 0) cpu_relax();
     }
     if (from >= U) return;
-    const Slice slice{tid, n, &barrier};
+    // Each thread loads its slice of every starting state still to come
+    // before the first barrier below, which then fences them all: the first
+    // step of a layer needs no barrier of its own (a one-token feed crosses
+    // three barriers instead of five).
+    const Slice slice{tid, n, &barrier, true};
+    for (int i = from; i < U; ++i) {
+      const Unit& u = plan.units[static_cast<size_t>(i)];
+      if (u.kind == Unit::Kind::kDirection && u.first) init_state(m_, ws, plan, u, &slice);
+    }
     for (int i = from; i < U; ++i) {
       const Unit& u = plan.units[static_cast<size_t>(i)];
       barrier.wait();  // the rows a unit reads were written by every thread (or the caller alone)

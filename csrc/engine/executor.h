@@ -60,6 +60,9 @@ class Executor {
   // Keeps a reference to `model` (its owner, the Engine, outlives it); makes
   // a pool of threads - 1 workers.
   Executor(const PackedModel& model, int threads);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
 
   // Runs `batch` sequences of lengths[b] in [1, steps] steps: rows from
   // `fill`, results (and for streams the final states) to `io`.
@@ -80,7 +83,9 @@ class Executor {
 
  private:
   // Per-call scratch comes from a small pool so that a call allocates
-  // nothing once the pool has warmed up; the pool is guarded by spare_mu_.
+  // nothing once the pool has warmed up: one hot workspace taken and given
+  // back with an atomic exchange (calls one at a time, the usual case, never
+  // lock), then spares guarded by spare_mu_.
   static constexpr size_t kMaxPooledWorkspaces = 8;
   class Lease {
    public:
@@ -150,6 +155,7 @@ class Executor {
   mutable std::mutex spare_mu_;
   mutable std::mutex trace_mu_;  // only taken when a call is traced
   mutable std::vector<std::unique_ptr<Workspace>> spare_;  // workspaces kept for reuse
+  mutable std::atomic<Workspace*> hot_{nullptr};  // owned; see Lease
 };
 
 }  // namespace rnninfer

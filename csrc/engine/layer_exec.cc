@@ -145,6 +145,50 @@ void run_unit(const PackedModel& m, Workspace& ws, const Plan& plan, const Unit&
   }
 }
 
+void init_state(const PackedModel& m, Workspace& ws, const Plan& plan, const Unit& u,
+                const Slice* slice) {
+  const LayerDesc& L = m.desc.layers[static_cast<size_t>(u.layer)];
+  Workspace::State& st = ws.state[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)];
+  const int H = L.units, P = L.dir_width();
+  const int s0 = plan.shard_begin[static_cast<size_t>(u.shard)];
+  const int s1 = plan.shard_begin[static_cast<size_t>(u.shard) + 1];
+  const int u0 = slice != nullptr ? H / slice->count * slice->index : 0;
+  const int u1 = slice != nullptr ? u0 + H / slice->count : H;
+  const std::size_t slice_bytes = static_cast<std::size_t>(u1 - u0) * sizeof(float);
+  const CallIO& io = *ws.io;
+  if (io.state_in != nullptr) {
+    // Streams: every sequence starts from its own state (forward layers only,
+    // so every row starts at step 0, which reads buffer 0).
+    const int64_t h_at = m.state_h[static_cast<size_t>(u.layer)];
+    const int64_t c_at = m.state_c[static_cast<size_t>(u.layer)];
+    for (int r = s0; r < s1; ++r) {
+      const float* src = io.state_in[ws.order[static_cast<size_t>(r)]];
+      if (slice == nullptr) {
+        std::memcpy(st.h[0].data() + r * P, src + h_at, static_cast<std::size_t>(P) * sizeof(float));
+        if (c_at >= 0) std::memcpy(st.c[0].data() + r * H, src + c_at, static_cast<std::size_t>(H) * sizeof(float));
+      } else {
+        std::memcpy(st.h[0].data() + r * P + u0, src + h_at + u0, slice_bytes);
+        if (c_at >= 0) std::memcpy(st.c[0].data() + r * H + u0, src + c_at + u0, slice_bytes);
+      }
+    }
+  } else {
+    // Sequences start from a zero state. Rows that join later (backward
+    // direction, shorter sequences) are still zero when they join, because a
+    // row is only written while it is active.
+    for (int k = 0; k < 2; ++k) {
+      if (slice == nullptr) {
+        std::memset(st.h[k].data() + s0 * P, 0, static_cast<std::size_t>(s1 - s0) * P * sizeof(float));
+        std::memset(st.c[k].data() + s0 * H, 0, static_cast<std::size_t>(s1 - s0) * H * sizeof(float));
+      } else {
+        for (int r = s0; r < s1; ++r) {
+          std::memset(st.h[k].data() + r * P + u0, 0, slice_bytes);
+          std::memset(st.c[k].data() + r * H + u0, 0, slice_bytes);
+        }
+      }
+    }
+  }
+}
+
 void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const Unit& u, int tid,
                    const Slice* slice) {
   const LayerDesc& L = m.desc.layers[static_cast<size_t>(u.layer)];
@@ -164,38 +208,7 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   const int u1 = slice != nullptr ? u0 + H / slice->count : H;
   const std::size_t slice_bytes = static_cast<std::size_t>(u1 - u0) * sizeof(float);
 
-  const CallIO& io = *ws.io;
-  if (u.first && io.state_in != nullptr) {
-    // Streams: every sequence starts from its own state (forward layers only,
-    // so every row starts at step 0, which reads buffer 0).
-    const int64_t h_at = m.state_h[static_cast<size_t>(u.layer)];
-    const int64_t c_at = m.state_c[static_cast<size_t>(u.layer)];
-    for (int r = s0; r < s1; ++r) {
-      const float* src = io.state_in[ws.order[static_cast<size_t>(r)]];
-      if (slice == nullptr) {
-        std::memcpy(st.h[0].data() + r * P, src + h_at, static_cast<std::size_t>(P) * sizeof(float));
-        if (c_at >= 0) std::memcpy(st.c[0].data() + r * H, src + c_at, static_cast<std::size_t>(H) * sizeof(float));
-      } else {
-        std::memcpy(st.h[0].data() + r * P + u0, src + h_at + u0, slice_bytes);
-        if (c_at >= 0) std::memcpy(st.c[0].data() + r * H + u0, src + c_at + u0, slice_bytes);
-      }
-    }
-  } else if (u.first) {
-    // Sequences start from a zero state. Rows that join later (backward
-    // direction, shorter sequences) are still zero when they join, because a
-    // row is only written while it is active.
-    for (int k = 0; k < 2; ++k) {
-      if (slice == nullptr) {
-        std::memset(st.h[k].data() + s0 * P, 0, static_cast<std::size_t>(s1 - s0) * P * sizeof(float));
-        std::memset(st.c[k].data() + s0 * H, 0, static_cast<std::size_t>(s1 - s0) * H * sizeof(float));
-      } else {
-        for (int r = s0; r < s1; ++r) {
-          std::memset(st.h[k].data() + r * P + u0, 0, slice_bytes);
-          std::memset(st.c[k].data() + r * H + u0, 0, slice_bytes);
-        }
-      }
-    }
-  }
+  if (u.first && !(slice != nullptr && slice->state_loaded)) init_state(m, ws, plan, u, slice);
 
   // Input projections of the block, row r of the block at xproj row r: plans
   // have one shard (large batches run as independent sub-calls), so the rows
@@ -205,8 +218,13 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   const int64_t r0 = ws.offset[static_cast<size_t>(t_begin)];
   const int block_rows = static_cast<int>(ws.offset[static_cast<size_t>(t_end)] - r0);
   const bool projected = plan.projected[static_cast<size_t>(u.layer)];
-  if (projected) {
-    // Done by kProject units into ws.proj (read below).
+  // One sequence (a stream's feed, a predict of one sequence): a step has one
+  // row, whose projection the step kernel reads straight from the token
+  // table; copying it first cost more than the step's reads of it (the copy
+  // waited for the whole 4 KiB row of an LSTM(256) at once).
+  const bool table_rows = dw.token_proj.size() != 0 && ws.batch == 1;
+  if (projected || table_rows) {
+    // Done by kProject units into ws.proj, or read from the table (below).
   } else if (dw.token_proj.size() != 0) {
     const std::size_t bytes = static_cast<std::size_t>(GH) * sizeof(float);
     auto row_of = [&](int i) {
@@ -259,12 +277,19 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   a.tile_begin = u0 / m.kernels->rec_tile;
   a.tile_end = slice != nullptr ? u1 / m.kernels->rec_tile : -1;
   const bool proj = L.proj_size > 0;
+  // A last-state readout reads the top layer's final states (final_state),
+  // never its rows: a forward top layer without a residual link writes none.
+  const bool rows_unread = top && m.desc.readout == Readout::kLast && L.dirs() == 1 &&
+                           L.residual_from == kNoResidual;
 
   for (int s = 0; s < t_end - t_begin; ++s) {
     const int t = u.reverse ? t_end - 1 - s : t_begin + s;
     const int hi = std::min(s1, ws.active[static_cast<size_t>(t)]);
     const int n = hi - s0;
-    if (slice != nullptr) slice->barrier->wait();  // every slice of the previous step is written
+    // Every slice of the previous step is written. The first step's inputs
+    // were fenced by the barrier that opened the unit, except a starting
+    // state loaded by slices inside this call (state_loaded false).
+    if (slice != nullptr && (s > 0 || !slice->state_loaded)) slice->barrier->wait();
     if (n <= 0) continue;
     const int done_before = u.reverse ? ws.steps - 1 - t : t;  // steps this direction ran before t
     const int par = done_before & 1;
@@ -278,6 +303,8 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
     a.h_prev = h_prev;
     if (projected)
       a.xp = ws.proj[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)].data() + row0 * GH;
+    else if (table_rows)
+      a.xp = dw.token_proj.data() + static_cast<std::size_t>(ws.token[static_cast<size_t>(row0)]) * GH;
     else
       a.xp = sc.xproj.data() + (row0 - r0) * GH;
     a.c_prev = c_prev;
@@ -289,7 +316,7 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
     } else {
       a.h_next = h_next;
       a.ld_hn = static_cast<std::size_t>(P);
-      a.y = y;
+      a.y = rows_unread ? nullptr : y;
       a.ld_y = ld_y;
     }
     switch (L.cell) {
@@ -306,7 +333,7 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
     if (proj) {
       m.kernels->gemm(dw.wr.view, sc.m.data(), static_cast<std::size_t>(H), n, h_next,
                      static_cast<std::size_t>(P));
-      copy_rows(h_next, static_cast<std::size_t>(P), y, ld_y, n, P);
+      if (!rows_unread) copy_rows(h_next, static_cast<std::size_t>(P), y, ld_y, n, P);
     }
     if (ws.any_skip) {
       // A masked step keeps the state and outputs zeros (docs/format.md).
@@ -315,11 +342,12 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
         if (slice == nullptr) {
           std::memcpy(h_next + i * P, h_prev + i * P, static_cast<std::size_t>(P) * sizeof(float));
           std::memcpy(c_next + i * H, c_prev + i * H, static_cast<std::size_t>(H) * sizeof(float));
-          std::memset(y + i * static_cast<int64_t>(ld_y), 0, static_cast<std::size_t>(P) * sizeof(float));
+          if (!rows_unread)
+            std::memset(y + i * static_cast<int64_t>(ld_y), 0, static_cast<std::size_t>(P) * sizeof(float));
         } else {
           std::memcpy(h_next + i * P + u0, h_prev + i * P + u0, slice_bytes);
           std::memcpy(c_next + i * H + u0, c_prev + i * H + u0, slice_bytes);
-          std::memset(y + i * static_cast<int64_t>(ld_y) + u0, 0, slice_bytes);
+          if (!rows_unread) std::memset(y + i * static_cast<int64_t>(ld_y) + u0, 0, slice_bytes);
         }
       }
     }

@@ -43,10 +43,19 @@ constexpr std::size_t kPartialFloatsPerRow = 4 * 16;
 struct Slice {
   int index, count;
   StepBarrier* barrier;
+  // Every thread loaded its slice of the starting states (init_state) before
+  // the barrier that opens the unit: a block's first step then needs no
+  // barrier of its own.
+  bool state_loaded = false;
 };
 
 // Runs unit u whole (not split) on thread tid's scratch.
 void run_unit(const PackedModel& m, Workspace& ws, const Plan& plan, const Unit& u, int tid);
+// The starting state of a direction unit that begins its layer (u.first):
+// each sequence's carried state (streams) or zeros; with a slice, only that
+// slice's units. run_direction does it unless slice->state_loaded.
+void init_state(const PackedModel& m, Workspace& ws, const Plan& plan, const Unit& u,
+                const Slice* slice);
 // A direction unit: its block's input projections, then its steps; with a
 // slice, only that slice's hidden units (every thread of the split runs it).
 void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const Unit& u, int tid,

@@ -63,6 +63,14 @@ struct PackedModel {
   // The first layer's projections are table lookups (a token model whose
   // table fit the budget).
   bool gather_first() const { return !layers.empty() && layers[0].dirs[0].token_proj.size() != 0; }
+  // Whether anything reads the model input rows (stream 0): not when the
+  // first layer looks its projections up and no residual link starts there.
+  bool reads_input_rows() const {
+    if (!gather_first()) return true;
+    for (const LayerDesc& L : desc.layers)
+      if (L.residual_from == -1) return true;
+    return false;
+  }
 };
 
 }  // namespace rnninfer

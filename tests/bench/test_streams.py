@@ -61,3 +61,24 @@ def test_rnninfer_check_catches_a_wrong_peer() -> None:
     streams._check_rnninfer(model, inputs, want)
     with pytest.raises(AssertionError, match="disagrees"):
         streams._check_rnninfer(model, inputs, want + 1e-3)
+
+
+def test_cli_selects_serving_cases_and_precisions() -> None:
+    import argparse
+
+    from rnninfer.bench.command import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--serving", "--cases", "stac", "--precisions", "int8", "--threads", "1"])
+    assert (args.suite, args.cases, args.precisions) == ("serving", "stac", "int8")
+    defaults = p.parse_args(["--serving"])
+    assert defaults.cases == ""
+    assert defaults.precisions == "fp32,bf16,int8"
+
+
+@pytest.mark.parametrize(("kw", "named"), [({"case_names": ("one-streams",)}, "'one-streams'"),
+                                          ({"precisions": ("fp16",)}, "'fp16'")])
+def test_unknown_case_or_precision_is_named(kw: dict[str, object], named: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=named):
+        streams.run_serving(threads=(1,), rounds=1, out=tmp_path / "x", progress=False, **kw)  # type: ignore[arg-type]

@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             "bidirectional 2-layer b1 at T 32/128/512")
     suite.add_argument("--serving", dest="suite", action="store_const", const="serving",
                        help="streams fed token by token against PyTorch/ONNX Runtime step models "
-                            "(bench/streams.py; takes --threads, --rounds, --round-ms, --pause-ms, --out)")
+                            "(bench/streams.py; takes --threads, --cases, --precisions, --rounds, --round-ms, "
+                            "--pause-ms, --engines, --out)")
     suite.add_argument("--small", dest="suite", action="store_const", const="small",
                        help="small models (H 16-128): the two seed models and a grid, against the "
                             "FMA-peak and latency-chain limits (rnninfer.bench.small)")
@@ -53,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pause-ms", type=float, default=50.0, help="pause between engines (default 50)")
     p.add_argument("--engines", default=",".join(peers.PEER_NAMES),
                    help=f"comma-separated subset of {','.join(peers.PEER_NAMES)}")
+    p.add_argument("--cases", default="",
+                   help="--serving: comma-separated subset of one-stream,256-streams,stac (default: all)")
+    p.add_argument("--precisions", default="fp32,bf16,int8",
+                   help="--serving: comma-separated weight precisions for rnninfer (default fp32,bf16,int8)")
     p.add_argument("--max-call-s", type=float, default=10.0, help="skip an engine slower than this per call")
     p.add_argument("--keep-samples", action="store_true", help="store every latency sample in the JSON")
     p.add_argument("--no-progress", action="store_true")

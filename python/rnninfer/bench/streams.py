@@ -360,6 +360,13 @@ def run_serving(
     """Run the serving cases and write ``<out>.{json,md,png}``; returns the results document."""
     from rnninfer.layers import complete_tensors, make_spec
 
+    known = [c.name for c in cases()]
+    unknown = [n for n in case_names or () if n not in known]
+    if unknown:
+        raise ValueError(f"unknown serving case(s) {unknown}; the cases are {known}")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"unknown precision(s) {bad}; choose from {list(PRECISIONS)}")
     selected = [c for c in cases() if case_names is None or c.name in case_names]
     configs: list[Config] = []
     meta: dict[str, Any] = {}

@@ -90,27 +90,13 @@ class Stream(_core.StreamCore):
         """The model this stream runs."""
         return self._model
 
-    def feed(self, x: ArrayLike) -> np.ndarray:
-        """Advance the stream by the new steps ``x``.
-
-        Args:
-            x: token ids (a list or 1-D integer array) for token models,
-                ``(n, F)`` float32/float64 features for feature models.
-
-        Returns:
-            ``(n, out)`` float32 outputs of the new steps when the model
-            returns sequences, else ``(out,)``: the head on the state after
-            the last step, what ``predict`` gives on everything fed so far.
-
-        Raises:
-            TypeError, ValueError: bad input, as ``predict`` names it; the
-                stream is left unchanged.
-        """
-        out = self._feed(x)
-        if out is None:
-            out = self._feed(_normalise(self._model, x, "feed"))
-            if out is None:  # pragma: no cover - the canonical form is always read
-                raise TypeError(f"cannot feed a {type(x).__name__}")
+    # feed(x) is StreamCore's (C++, documented there): the outputs of the new
+    # steps, with inputs in forms it does not read directly passed here.
+    def _feed_slow(self, x: ArrayLike) -> np.ndarray:
+        """``feed`` of an input that needs normalising first (as ``predict`` does)."""
+        out = self._feed(_normalise(self._model, x, "feed"))
+        if out is None:  # pragma: no cover - the canonical form is always read
+            raise TypeError(f"cannot feed a {type(x).__name__}")
         return out
 
     @property
