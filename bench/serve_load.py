@@ -371,7 +371,12 @@ def _in_process(model: Any, seqs: list[np.ndarray], args: argparse.Namespace) ->
         "batcher_stats": {k: stats[k] for k in ("engine_calls", "mean_batch", "queue_wait", "call_latency")},
         "batcher_vs_ceiling": batched["seqs_per_s"] / ceil,
         "batcher_vs_direct": batched["seqs_per_s"] / direct["seqs_per_s"] if direct else None,
+        # The issue's bound, max_delay_ms + 2 x one batch call, read two ways: with the median of
+        # the Batcher's own calls (smaller than batch-64 calls when the callers take turns in
+        # two groups), and with the median batch-64 call of the ceiling.
         "p99_bound_ms": args.max_delay_ms + 2 * stats["call_latency"]["p50_ms"],
+        "p99_bound_batch64_ms": args.max_delay_ms + 2 * med,
+        "batch_sizes": stats["batch_sizes"],
     }
 
 
@@ -399,9 +404,10 @@ def _in_process_md(res: dict[str, Any]) -> list[str]:
         "",
         (f"Batcher: {ip['batcher_vs_ceiling']:.0%} of the ceiling (target ≥ 85 %), "
         f"{_fmt(ip['batcher_vs_direct'], '.1f')}× the direct calls; p99 {ip['batcher']['p99_ms']:.2f} ms vs "
-        f"the bound max_delay_ms + 2 × one batch call = {ip['p99_bound_ms']:.2f} ms; "
-        f"mean batch {ip['batcher_stats']['mean_batch']:.1f}. One `predict` of one sequence: "
-        f"{ip['median_predict1_ms']:.3f} ms (median)."),
+        f"the bound max_delay_ms + 2 × one batch call = {ip['p99_bound_ms']:.2f} ms with the median of "
+        f"the Batcher's own calls ({ip['batcher_stats']['call_latency']['p50_ms']:.2f} ms, mean batch "
+        f"{ip['batcher_stats']['mean_batch']:.1f}), {ip['p99_bound_batch64_ms']:.2f} ms with the median "
+        f"batch-64 call. One `predict` of one sequence: {ip['median_predict1_ms']:.3f} ms (median)."),
         "",
     ]
 

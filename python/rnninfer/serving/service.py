@@ -526,7 +526,7 @@ def serve(model: Model, *, host: str = "127.0.0.1", port: int = 8000, config: Se
         # uvloop and httptools when installed (the 'serve' extra), else asyncio and h11.
         loop="auto", http="auto",
         # No proxy in front by default: X-Forwarded-* is not trusted, and not parsed per request.
-        proxy_headers=False))
+        proxy_headers=False, server_header=False))
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"rnninfer serve: {model.spec.name!r} ({model.threads} threads, {model.precision}) "
           f"listening on http://{shown}:{bound}", flush=True)
