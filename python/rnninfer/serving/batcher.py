@@ -246,6 +246,15 @@ class Batcher:
     # ---- requests ------------------------------------------------------------------------
     def _predict_request(self, x: ArrayLike, lengths: ArrayLike | None, padding: str) -> _Request:
         """Validate ``x`` the way ``model.predict`` does (the same code), in the caller's thread."""
+        if (self._tokens and type(x) is np.ndarray and x.dtype == np.int64 and x.ndim == 1 and x.size
+                and lengths is None and padding == "post" and x.view(np.uint64).max() < self._vocab):
+            # One sequence of valid int64 ids (the service's form): what prepare and
+            # check_token_range would make of it, in one reduction and one copy. Anything
+            # else, or a bad id, takes the general path and its messages.
+            req = _Request("predict", 1)
+            req.data = data = x.reshape(1, -1).copy()  # the caller may reuse x while it waits
+            req.width, req.prepared = data.shape[1], Prepared(data, None, True, None)
+            return req
         p = prepare(x, lengths, padding, tokens=self._tokens, width=self._width, vocab=self._vocab)
         data = p.data
         if self._tokens:
