@@ -513,8 +513,9 @@ class Batcher:
                 # Requests queued during the call go at once: waiting for more would hold them
                 # back and move callers from group to group (each move costs a caller a whole
                 # extra call). An empty queue means the callers were all in this call: wait
-                # for them.
-                want = 0 if self._queued else min(n, self._max_batch)
+                # for them. (A call of one sequence: its caller's return dispatches at once
+                # anyway, so the dispatcher just sleeps until a request comes, with no timer.)
+                want = 0 if self._queued or n == 1 else min(n, self._max_batch)
             deadline = t_end + self._max_delay
             pause = min(self._max_delay, max(self._fixed_cost, _MIN_PAUSE))
 
