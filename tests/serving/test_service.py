@@ -320,6 +320,7 @@ def test_the_hot_path_answers_like_a_routed_endpoint(tokens_server: Server) -> N
     assert r.headers["content-type"] == "application/json"
     assert _post(f"{url}/v1/streams/{sid}/more", {"inputs": [1]}).status_code == 404
     assert httpx.put(f"{url}/v1/streams/{sid}", json={"inputs": [1]}, timeout=30).status_code == 405
+    assert httpx.delete(f"{url}/v1/streams/{sid}", timeout=30).status_code == 200  # the server is shared
     r = httpx.post(url + "/v1/predict/", json={"inputs": [1]}, timeout=30, follow_redirects=False)
     assert r.status_code == 307
     assert r.headers["location"].endswith("/v1/predict")
