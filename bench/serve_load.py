@@ -22,6 +22,8 @@ per point, a hard timeout on every subprocess) and stops by itself.
 
     python bench/serve_load.py --duration 1 --threads 2              # a short check, writes nothing
     python bench/serve_load.py --out bench/results/serve_load         # the full run: .json .md .png
+    python bench/serve_load.py --http-only --servers batching --concurrency 1 --modes closed  # one point
+    python bench/serve_load.py --in-process-only --skip-direct        # the Batcher against its ceiling
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = (1, 8, 64)
+#: --servers: rnninfer serve with batching, the same with --max-batch 1, the PyTorch reference.
+SERVERS = ("batching", "batch1", "torch")
 
 
 # ---- the load generator (runs in its own process) -----------------------------------------------
@@ -63,11 +67,68 @@ async def _call(r: asyncio.StreamReader, w: asyncio.StreamWriter, req: bytes) ->
     return status
 
 
+def _requests(spec: dict[str, Any]) -> list[bytes]:
+    host = spec["host"]
+    bodies = [b.encode() for b in json.loads(Path(spec["bodies"]).read_text())]
+    return [(f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+
+
+def _serial_client(spec: dict[str, Any]) -> dict[str, Any]:
+    """One closed-loop connection on a blocking socket: the least client time counted in a latency.
+
+    At concurrency 1 the point is what the *server* adds to ``predict``; an
+    asyncio client would add its own loop wake-up and stream parsing to every
+    answer, this one a ``recv`` and a header search.
+    """
+    import socket
+
+    reqs = _requests(spec)
+    sock = socket.create_connection((spec["host"], spec["port"]))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    recv, send = sock.recv, sock.sendall
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    t0 = time.perf_counter()
+    t_warm, t_end = t0 + spec["warmup"], t0 + spec["warmup"] + spec["duration"]
+    i = sent = 0
+    buf = b""
+    last = t_warm
+    while sent < spec["max_requests"]:
+        start = time.perf_counter()
+        if start >= t_end:
+            break
+        send(reqs[i % len(reqs)])
+        sent += 1
+        while (h := buf.find(b"\r\n\r\n")) < 0:
+            buf += recv(65536)
+        head = buf[:h + 2].lower()  # every header line ends in CRLF
+        k = head.find(b"content-length:")
+        n = int(head[k + 15: head.find(b"\r\n", k)]) if k >= 0 else 0
+        while len(buf) < h + 4 + n:
+            buf += recv(65536)
+        done = time.perf_counter()
+        status = int(buf[9:12])
+        buf = buf[h + 4 + n:]
+        i += 1
+        if start >= t_warm:
+            statuses[status] = statuses.get(status, 0) + 1
+            last = done
+            if status == 200:
+                lat.append(done - start)
+    sock.close()
+    a = np.asarray(lat) * 1e3
+    return {
+        "concurrency": 1, "mode": "closed", "offered_rps": None, "client": "blocking socket",
+        "throughput_rps": float(len(lat) / max(last - t_warm, 1e-9)), "ok": len(lat), "statuses": statuses,
+        "p50_ms": float(np.percentile(a, 50)) if a.size else None,
+        "p99_ms": float(np.percentile(a, 99)) if a.size else None,
+    }
+
+
 async def _client(spec: dict[str, Any]) -> dict[str, Any]:
     host, port = spec["host"], spec["port"]
-    bodies = [b.encode() for b in json.loads(Path(spec["bodies"]).read_text())]
-    reqs = [(f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-             f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    reqs = _requests(spec)
     conc, duration, warmup = spec["concurrency"], spec["duration"], spec["warmup"]
     max_requests, rate = spec["max_requests"], spec["rate"]
     conns = [await _open(host, port) for _ in range(conc)]
@@ -138,6 +199,7 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
     a = np.asarray(lat) * 1e3
     return {
         "concurrency": conc, "mode": "open" if rate > 0 else "closed", "offered_rps": rate or None,
+        "client": "asyncio",
         "throughput_rps": float(len(lat) / max(last[0] - t_warm, duration)), "ok": len(lat), "statuses": statuses,
         "p50_ms": float(np.percentile(a, 50)) if a.size else None,
         "p99_ms": float(np.percentile(a, 99)) if a.size else None,
@@ -146,6 +208,9 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
 
 def client_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
+    if spec["concurrency"] == 1 and spec["rate"] <= 0:
+        print(json.dumps(_serial_client(spec)), flush=True)
+        return
     try:
         import uvloop
 
@@ -201,19 +266,41 @@ def _thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _predict1_times(model: Any, seqs: list[np.ndarray], seconds: float, gap: float = 0.0) -> list[float]:
+    """Seconds of ``model.predict`` of one sequence, for ``seconds`` (at least 5 calls), ``gap``
+    seconds apart (0: back to back)."""
+    ts: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(ts) < 5:
+        if gap:
+            time.sleep(gap)
+        t = time.perf_counter()
+        model.predict(seqs[len(ts) % len(seqs)])
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
+def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace,
+                    predict1: Any) -> list[dict[str, Any]]:
     points = []
     for c in args.concurrency:
-        for mode in ("closed", "open"):
+        for mode in args.modes:
             rate = 0.0
             if mode == "open":
-                closed = next(p for p in points if p["concurrency"] == c and p["mode"] == "closed")
+                closed = next((p for p in points if p["concurrency"] == c and p["mode"] == "closed"), None)
+                if closed is None:
+                    continue
                 rate = args.open_fraction * closed["throughput_rps"]
                 if rate <= 0:
                     continue
             spec = {"host": server.host, "port": server.port, "bodies": str(bodies_path), "concurrency": c,
                     "duration": args.duration, "warmup": args.warmup, "max_requests": args.max_requests,
                     "rate": rate, "drain": 10.0}
+            # At concurrency 1, predict itself is timed right before and after the point (this
+            # process, the server idle): what the service adds is read against the machine's
+            # state of the moment.
+            serial = c == 1 and rate <= 0
+            before = predict1() if serial else []
             r = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True,
                                text=True, timeout=args.warmup + args.duration + 60, check=False,
                                env=_thread_env(1))
@@ -221,6 +308,14 @@ def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace
                 raise RuntimeError(f"load client failed: {r.stderr[-2000:]}")
             point = json.loads(r.stdout.strip().splitlines()[-1])
             point["server"] = server.name
+            if serial:
+                point["predict1_ms"] = float(np.median(before + predict1())) * 1e3
+                # The service's engine calls come one HTTP round trip apart, not back to back
+                # (the engine's workers sleep in between, the cores go to other processes):
+                # predict at that pace too, for reading the overhead both ways.
+                if point["p50_ms"]:
+                    gap = max(point["p50_ms"] - point["predict1_ms"], 0.0) / 1e3
+                    point["predict1_spaced_ms"] = float(np.median(predict1(gap))) * 1e3
             points.append(point)
             print(f"  {server.name:<28} {mode:<6} c={c:<3} {point['throughput_rps']:8.0f} req/s  "
                   f"p50 {point['p50_ms'] or float('nan'):7.2f} ms  p99 {point['p99_ms'] or float('nan'):7.2f} ms"
@@ -248,13 +343,7 @@ def _in_process(model: Any, seqs: list[np.ndarray], args: argparse.Namespace) ->
         return {"median_batch64_ms": med * 1e3, "seqs_per_s": 64 / med}
 
     def single() -> float:
-        ts = []
-        end = time.perf_counter() + min(args.duration, 1.0)
-        while time.perf_counter() < end or len(ts) < 5:
-            t = time.perf_counter()
-            model.predict(seqs[len(ts) % len(seqs)])
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts)) * 1e3
+        return float(np.median(_predict1_times(model, seqs, min(args.duration, 1.0)))) * 1e3
 
     def clients(call: Any, n: int = 64) -> dict[str, float]:
         lat: list[list[float]] = [[] for _ in range(n)]
@@ -287,9 +376,11 @@ def _in_process(model: Any, seqs: list[np.ndarray], args: argparse.Namespace) ->
         return {"seqs_per_s": a.size / args.duration, "p50_ms": float(np.percentile(a, 50)),
                 "p99_ms": float(np.percentile(a, 99))}
 
-    first = ceiling()
     predict_1 = single()
-    direct = clients(model.predict)
+    if args.http_only:  # what the HTTP overhead at concurrency 1 is measured against, nothing more
+        return {"threads": model.threads, "median_predict1_ms": predict_1}
+    first = ceiling()
+    direct = None if args.skip_direct else clients(model.predict)
     with rnninfer.Batcher(model, max_batch=64, max_delay_ms=args.max_delay_ms) as b:
         batched = clients(b.predict)
         stats = b.stats()
@@ -301,8 +392,13 @@ def _in_process(model: Any, seqs: list[np.ndarray], args: argparse.Namespace) ->
         "median_predict1_ms": predict_1, "direct": direct, "batcher": batched,
         "batcher_stats": {k: stats[k] for k in ("engine_calls", "mean_batch", "queue_wait", "call_latency")},
         "batcher_vs_ceiling": batched["seqs_per_s"] / ceil,
-        "batcher_vs_direct": batched["seqs_per_s"] / direct["seqs_per_s"],
+        "batcher_vs_direct": batched["seqs_per_s"] / direct["seqs_per_s"] if direct else None,
+        # The issue's bound, max_delay_ms + 2 x one batch call, read two ways: with the median of
+        # the Batcher's own calls (smaller than batch-64 calls when the callers take turns in
+        # two groups), and with the median batch-64 call of the ceiling.
         "p99_bound_ms": args.max_delay_ms + 2 * stats["call_latency"]["p50_ms"],
+        "p99_bound_batch64_ms": args.max_delay_ms + 2 * med,
+        "batch_sizes": stats["batch_sizes"],
     }
 
 
@@ -311,16 +407,12 @@ def _fmt(v: Any, f: str = ".2f") -> str:
     return "-" if v is None else format(v, f)
 
 
-def markdown(res: dict[str, Any]) -> str:
+def _in_process_md(res: dict[str, Any]) -> list[str]:
     ip = res["in_process"]
-    lines = [
-        "# Serving load benchmark",
-        "",
-        (f"{res['machine']}; headline model (Embedding(20000, 128) → 2 × LSTM(256) → Dense(1, sigmoid)), "
-        f"one T={res['T']} sequence per request, {res['threads']} engine threads, "
-        f"{res['duration']} s per point after {res['warmup']} s warm-up; `python bench/serve_load.py "
-        f"{res['argv']}`."),
-        "",
+    if "batcher" not in ip:
+        return [f"One `predict` of one sequence: {ip['median_predict1_ms']:.3f} ms (median).", ""]
+    direct = ip["direct"] or {}
+    return [
         "## In process: 64 client threads",
         "",
         "| | sequences/s | p50 ms | p99 ms |",
@@ -329,33 +421,61 @@ def markdown(res: dict[str, Any]) -> str:
         f"{ip['ceiling_seqs_per_s']:.0f} | | |"),
         (f"| `Batcher.predict` (max_delay_ms={res['max_delay_ms']}) | {ip['batcher']['seqs_per_s']:.0f} | "
         f"{ip['batcher']['p50_ms']:.2f} | {ip['batcher']['p99_ms']:.2f} |"),
-        (f"| `model.predict` directly | {ip['direct']['seqs_per_s']:.0f} | {ip['direct']['p50_ms']:.2f} | "
-        f"{ip['direct']['p99_ms']:.2f} |"),
+        (f"| `model.predict` directly | {_fmt(direct.get('seqs_per_s'), '.0f')} | "
+        f"{_fmt(direct.get('p50_ms'))} | {_fmt(direct.get('p99_ms'))} |"),
         "",
         (f"Batcher: {ip['batcher_vs_ceiling']:.0%} of the ceiling (target ≥ 85 %), "
-        f"{ip['batcher_vs_direct']:.1f}× the direct calls; p99 {ip['batcher']['p99_ms']:.2f} ms vs the bound "
-        f"max_delay_ms + 2 × one batch call = {ip['p99_bound_ms']:.2f} ms; "
-        f"mean batch {ip['batcher_stats']['mean_batch']:.1f}. One `predict` of one sequence: "
-        f"{ip['median_predict1_ms']:.3f} ms (median)."),
+        f"{_fmt(ip['batcher_vs_direct'], '.1f')}× the direct calls; p99 {ip['batcher']['p99_ms']:.2f} ms vs "
+        f"the bound max_delay_ms + 2 × one batch call = {ip['p99_bound_ms']:.2f} ms with the median of "
+        f"the Batcher's own calls ({ip['batcher_stats']['call_latency']['p50_ms']:.2f} ms, mean batch "
+        f"{ip['batcher_stats']['mean_batch']:.1f}), {ip['p99_bound_batch64_ms']:.2f} ms with the median "
+        f"batch-64 call. One `predict` of one sequence: {ip['median_predict1_ms']:.3f} ms (median)."),
         "",
-        "## Over HTTP (loopback)",
-        "",
-        "| server | clients | concurrency | offered req/s | req/s | p50 ms | p99 ms | non-200 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [
+        "# Serving load benchmark",
+        "",
+        (f"{res['machine']}; headline model (Embedding(20000, 128) → 2 × LSTM(256) → Dense(1, sigmoid)), "
+        f"one T={res['T']} sequence per request, {res['threads']} engine threads, "
+        f"{res['duration']} s per point after {res['warmup']} s warm-up; `python bench/serve_load.py "
+        f"{res['argv']}`."),
+        "",
+        *_in_process_md(res),
+    ]
+    if res["http"]:
+        lines += [
+            "## Over HTTP (loopback)",
+            "",
+            "| server | clients | concurrency | offered req/s | req/s | p50 ms | p99 ms | non-200 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
     for p in res["http"]:
         bad = sum(v for k, v in p["statuses"].items() if str(k) != "200")
         lines.append(f"| {p['server']} | {p['mode']} | {p['concurrency']} | {_fmt(p['offered_rps'], '.0f')} | "
                      f"{p['throughput_rps']:.0f} | {_fmt(p['p50_ms'])} | {_fmt(p['p99_ms'])} | {bad} |")
     s = res["summary"]
-    lines += [
-        "",
-        (f"At concurrency 64 (closed loop): rnninfer serve {_fmt(s.get('speedup_vs_torch_c64'), '.1f')}× the "
-        f"PyTorch service's throughput (target ≥ 3×), p99 {_fmt(s.get('p99_rnninfer_c64'))} ms vs "
-        f"{_fmt(s.get('p99_torch_c64'))} ms. At concurrency 1 the service adds "
-        f"{_fmt(s.get('overhead_c1_us'), '.0f')} µs p50 over `predict` itself (target ≤ 250 µs; the load "
-        "generator shares the cores)."),
-    ]
+    if "speedup_vs_torch_c64" in s:
+        lines += [
+            "",
+            (f"At concurrency 64 (closed loop): rnninfer serve {s['speedup_vs_torch_c64']:.1f}× the PyTorch "
+             f"service's throughput (target ≥ 3×), p99 {_fmt(s['p99_rnninfer_c64'])} ms vs "
+             f"{_fmt(s['p99_torch_c64'])} ms."),
+        ]
+    if "overhead_c1_us" in s:
+        lines += [
+            "",
+            (f"At concurrency 1 the service adds {s['overhead_c1_us']:.0f} µs p50 over `predict` itself "
+             f"(target ≤ 250 µs): {s['c1_p50_ms']:.3f} ms p50 over HTTP, measured with one keep-alive "
+             "connection on a blocking socket in its own process (it shares the cores), against "
+             f"{s['c1_predict1_ms']:.3f} ms for `predict` of the same sequences in this process "
+             "(median of back-to-back calls, timed right before and after that point)."),
+        ]
+        if "overhead_c1_spaced_us" in s:
+            lines[-1] += (f" Against `predict` called at the HTTP pace (calls {s['c1_p50_ms'] - s['c1_predict1_ms']:.3f}"
+                          f" ms apart): {s['c1_predict1_spaced_ms']:.3f} ms, so {s['overhead_c1_spaced_us']:.0f} µs added.")
     return "\n".join(lines) + "\n"
 
 
@@ -408,12 +528,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-delay-ms", type=float, default=1.0)
     p.add_argument("--T", type=int, default=64, help="sequence length (default 64)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference service")
+    p.add_argument("--servers", type=lambda s: s.split(","), default=list(SERVERS),
+                   help=f"HTTP servers to measure, of {','.join(SERVERS)} (default: all)")
+    p.add_argument("--modes", type=lambda s: s.split(","), default=["closed", "open"],
+                   help="closed,open (default both; open needs closed at the same concurrency)")
     p.add_argument("--in-process-only", action="store_true", help="skip the HTTP part")
+    p.add_argument("--http-only", action="store_true",
+                   help="skip the in-process clients (predict of one sequence is still measured)")
+    p.add_argument("--skip-direct", action="store_true",
+                   help="in process, skip the 64 threads calling predict directly")
     p.add_argument("--out", help="write PREFIX.json, PREFIX.md, PREFIX.png (default: print only)")
     args = p.parse_args(argv)
     if args.client:
         client_main(args.client)
         return 0
+    if unknown := set(args.servers) - set(SERVERS):
+        p.error(f"unknown --servers {sorted(unknown)}; choose from {','.join(SERVERS)}")
+    if unknown := set(args.modes) - {"closed", "open"}:
+        p.error(f"unknown --modes {sorted(unknown)}")
+    if args.in_process_only and args.http_only:
+        p.error("--in-process-only and --http-only exclude each other")
 
     import dataclasses
 
@@ -443,10 +577,13 @@ def main(argv: list[str] | None = None) -> int:
         env = _thread_env(args.threads)
         serve = [sys.executable, "-m", "rnninfer", "serve", str(path), "--port", "0", "--threads",
                  str(args.threads), "--max-delay-ms", str(args.max_delay_ms)]
-        servers = [("rnninfer serve", serve), ("rnninfer serve --max-batch 1", [*serve, "--max-batch", "1"])]
-        if not args.no_torch:
-            servers.append(("PyTorch + FastAPI", [sys.executable, str(HERE / "serve_reference_torch.py"),
-                                                  str(path), "--port", "0", "--threads", str(args.threads)]))
+        commands = {
+            "batching": ("rnninfer serve", serve),
+            "batch1": ("rnninfer serve --max-batch 1", [*serve, "--max-batch", "1"]),
+            "torch": ("PyTorch + FastAPI", [sys.executable, str(HERE / "serve_reference_torch.py"),
+                                            str(path), "--port", "0", "--threads", str(args.threads)]),
+        }
+        servers = [commands[k] for k in SERVERS if k in args.servers and not (k == "torch" and args.no_torch)]
         res["http"] = []
         if args.in_process_only:
             servers = []
@@ -461,7 +598,9 @@ def main(argv: list[str] | None = None) -> int:
                     ok = np.array_equal(got, e) if exact else np.allclose(got, e, atol=1e-5, rtol=0)
                     if not ok:
                         raise AssertionError(f"{name} answers {got} where predict gives {e}")
-                res["http"] += _measure_server(server, bodies, args)
+                res["http"] += _measure_server(
+                    server, bodies, args,
+                    lambda gap=0.0: _predict1_times(model, seqs, min(args.duration, 1.0), gap))
             finally:
                 server.stop()
 
@@ -475,7 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         summary["speedup_vs_torch_c64"] = ours["throughput_rps"] / torch_["throughput_rps"]
         summary["p99_rnninfer_c64"], summary["p99_torch_c64"] = ours["p99_ms"], torch_["p99_ms"]
     if one and one["p50_ms"]:
-        summary["overhead_c1_us"] = (one["p50_ms"] - res["in_process"]["median_predict1_ms"]) * 1e3
+        summary["c1_p50_ms"] = one["p50_ms"]
+        summary["c1_predict1_ms"] = one.get("predict1_ms", res["in_process"]["median_predict1_ms"])
+        summary["overhead_c1_us"] = (one["p50_ms"] - summary["c1_predict1_ms"]) * 1e3
+        if "predict1_spaced_ms" in one:
+            summary["c1_predict1_spaced_ms"] = one["predict1_spaced_ms"]
+            summary["overhead_c1_spaced_us"] = (one["p50_ms"] - one["predict1_spaced_ms"]) * 1e3
     res["summary"] = summary
     md = markdown(res)
     print(md)

@@ -191,6 +191,76 @@ def test_queued_requests_merge_into_one_call(gate: Any, rng: np.random.Generator
         assert _same(box["result"], model.predict(x, lengths=lens))
 
 
+def test_requests_queued_during_a_call_go_right_after_it(gate: Any) -> None:
+    # max_delay_ms does not hold back what is already queued: waiting for more would only move
+    # callers from one call to the next.
+    model = MODELS["tokens-last"]
+    with rnninfer.Batcher(model, max_delay_ms=3000) as b:
+        release = gate(b)
+        first = _start(lambda: b.predict([[1, 2], [3], [4, 5], [6]]))  # a call of 4 sequences
+        assert release.entered.wait(WAIT)
+        late = _start(lambda: b.predict([7, 8]))
+        _until(lambda: b.queue_depth == 1)
+        t0 = time.perf_counter()
+        release.set()
+        late[0].join(WAIT)
+        assert time.perf_counter() - t0 < 1.5
+        first[0].join(WAIT)
+        assert _same(late[1]["result"], model.predict([7, 8]))
+        assert b.stats()["batch_sizes"] == {4: 1, 1: 1}
+
+
+def test_callers_coming_back_after_a_call_share_the_next_one(gate: Any) -> None:
+    # Two callers answered by one call, the queue then empty: the next call waits for both
+    # instead of running the first one back alone (which would split them into two groups
+    # taking turns, each waiting a whole call for the other).
+    model = MODELS["tokens-last"]
+    with rnninfer.Batcher(model, max_delay_ms=3000) as b:
+        release = gate(b)
+        hold = _start(lambda: b.predict([9]))
+        assert release.entered.wait(WAIT)
+        rounds = [_start(lambda k=k: [b.predict([k + 1, 2]) for _ in range(4)]) for k in range(2)]
+        _until(lambda: b.queue_depth == 2)
+        release.set()
+        for t, _ in [hold, *rounds]:
+            t.join(WAIT)
+        stats = b.stats()
+    assert all("result" in box for _, box in rounds)
+    # the held call of one, then four calls of both callers' two sequences
+    assert stats["batch_sizes"] == {1: 1, 2: 4}
+
+
+def test_one_int64_sequence_takes_the_short_path_with_the_same_answers_and_errors(gate: Any) -> None:
+    model = MODELS["tokens-last"]
+    with rnninfer.Batcher(model) as b:
+        x = np.array([3, 1, 59, 0], dtype=np.int64)
+        assert _same(b.predict(x), model.predict(x))
+        assert _same(b.predict(x[::2]), model.predict(x[::2]))  # strided
+        for bad in ([3, 60, 1], [3, -1, 1], [2**62, 1]):
+            arr = np.array(bad, dtype=np.int64)
+            with pytest.raises(ValueError, match="out of range") as mine:
+                b.predict(arr)
+            with pytest.raises(ValueError, match="out of range") as alone:
+                model.predict(arr)
+            assert str(mine.value) == str(alone.value)
+        with pytest.raises(ValueError, match="padding"):
+            b.predict(x, padding="middle")
+        with pytest.raises(ValueError, match="length 0"):
+            b.predict(np.array([], dtype=np.int64))
+        # The caller may reuse its array while the request waits: the request keeps its copy.
+        release = gate(b)
+        hold = _start(lambda: b.predict([1]))
+        assert release.entered.wait(WAIT)
+        mine_ = np.array([5, 6, 7], dtype=np.int64)
+        waiting = _start(lambda: b.predict(mine_))
+        _until(lambda: b.queue_depth == 1)
+        mine_[:] = 0
+        release.set()
+        for t, _ in (hold, waiting):
+            t.join(WAIT)
+        assert _same(waiting[1]["result"], model.predict([5, 6, 7]))
+
+
 def test_a_request_beyond_max_batch_runs_alone(rng: np.random.Generator) -> None:
     model = MODELS["tokens-last"]
     x = rng.integers(0, 60, size=(10, 7))

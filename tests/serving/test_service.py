@@ -305,6 +305,27 @@ def test_unknown_paths_and_streams_404(tokens_server: Server) -> None:
     assert httpx.get(tokens_server.url + "/v1/predict", timeout=30).status_code == 405
 
 
+def test_the_hot_path_answers_like_a_routed_endpoint(tokens_server: Server) -> None:
+    # POST /v1/predict and feeds skip Starlette's router; their answers carry the same headers,
+    # and the paths next to them are still routed (404, 405, the trailing-slash redirect).
+    url = tokens_server.url
+    r = _post(url + "/v1/predict", {"inputs": [1, 2]})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert "server" not in r.headers
+    sid = _post(url + "/v1/streams", {}).json()["id"]
+    r = _post(f"{url}/v1/streams/{sid}", {"inputs": [1, 2]})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert _post(f"{url}/v1/streams/{sid}/more", {"inputs": [1]}).status_code == 404
+    assert httpx.put(f"{url}/v1/streams/{sid}", json={"inputs": [1]}, timeout=30).status_code == 405
+    assert httpx.delete(f"{url}/v1/streams/{sid}", timeout=30).status_code == 200  # the server is shared
+    r = httpx.post(url + "/v1/predict/", json={"inputs": [1]}, timeout=30, follow_redirects=False)
+    assert r.status_code == 307
+    assert r.headers["location"].endswith("/v1/predict")
+
+
 def test_overload_answers_503_and_the_rest_are_right(start_server: StartServer, files: dict[str, Path],
                                                       rng: np.random.Generator) -> None:
     server = start_server(files["slow"], "--max-queue", "1", "--max-batch", "1")

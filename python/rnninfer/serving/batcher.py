@@ -12,12 +12,16 @@ or composition, so a request's slice of the merged output *is* what
 
 When to dispatch: at once when the engine is idle; requests that arrive
 while a call runs are queued for the next one. Right after a call, the
-callers it answered usually come straight back; waiting for them saves one
-engine call's fixed cost but idles the engine meanwhile, so the dispatcher
-waits for about as many sequences as that call ran only while the wait is
-shorter than that fixed cost (fitted from recent calls' times against their
-sizes) and never longer than ``max_delay_ms``. A request therefore waits at
-most for the call in flight, plus ``max_delay_ms``, plus its own call.
+callers it answered usually come straight back, and if the next call left
+them out they would wait a whole call for the one after: the callers of a
+service split into groups that take turns, each waiting for the other's
+call. So the dispatcher waits for them (the sequences queued plus as many as
+that call ran, up to ``max_batch``) while they keep arriving: it stops
+waiting once no request has come for the engine's fixed cost per call
+(fitted from recent calls' times against their sizes; waiting longer would
+idle the engine for more than one extra call costs), and never waits longer
+than ``max_delay_ms``. A request therefore waits at most for the call in
+flight, plus ``max_delay_ms``, plus its own call.
 
 Length (about 630 lines): one class, the queue, its lock and the dispatcher
 that share them; split, the locking rules would be spread over modules.
@@ -46,6 +50,9 @@ _SAMPLES = 8192
 #: Recent calls the fixed-cost estimate is fitted to, and how often it is refitted.
 _FIT_SAMPLES = 256
 _FIT_EVERY = 32
+#: Least pause in arrivals (seconds) that ends the wait after a call: about one thread wake-up, so
+#: that callers coming back one after another are not mistaken for a pause.
+_MIN_PAUSE = 1e-4
 
 _QUEUED, _STARTED, _DONE, _DROPPED = range(4)
 
@@ -83,13 +90,16 @@ class _Request:
         self.future: asyncio.Future[Any] | None = None
 
 
-def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if fut.done():  # the awaiting task was cancelled
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
+def _resolve(requests: list[_Request]) -> None:
+    """Resolve the futures of one call's asyncio requests (on their loop's thread)."""
+    for r in requests:
+        fut = r.future
+        if fut is None or fut.done():  # the awaiting task was cancelled
+            continue
+        if r.error is not None:
+            fut.set_exception(r.error)
+        else:
+            fut.set_result(r.result)
 
 
 def _check_int(name: str, value: object, low: int) -> int:
@@ -180,6 +190,7 @@ class Batcher:
         self._closing = False
         self._sleeping = False  # the dispatcher waits on _wake ...
         self._want = 1  # ... until this many sequences are queued
+        self._t_last = 0.0  # when the last request was queued
 
         self._running = 0  # sequences in the engine call under way
         self._n_requests = 0
@@ -192,7 +203,10 @@ class Batcher:
         self._waits: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
         self._call_times: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
         # (sequences, seconds) of recent calls, for the engine's fixed cost per call.
-        self._fits: collections.deque[tuple[int, float]] = collections.deque(maxlen=_FIT_SAMPLES)
+        # (a ring of sequences and seconds; arrays, not tuples, so that a fit takes microseconds)
+        self._fit_n = np.zeros(_FIT_SAMPLES)
+        self._fit_t = np.zeros(_FIT_SAMPLES)
+        self._n_fits = 0
         self._fixed_cost = self._max_delay  # unknown until calls of different sizes were seen
 
         self._thread = threading.Thread(target=self._dispatch_loop, name="rnninfer-batcher", daemon=True)
@@ -232,6 +246,15 @@ class Batcher:
     # ---- requests ------------------------------------------------------------------------
     def _predict_request(self, x: ArrayLike, lengths: ArrayLike | None, padding: str) -> _Request:
         """Validate ``x`` the way ``model.predict`` does (the same code), in the caller's thread."""
+        if (self._tokens and type(x) is np.ndarray and x.dtype == np.int64 and x.ndim == 1 and x.size
+                and lengths is None and padding == "post" and x.view(np.uint64).max() < self._vocab):
+            # One sequence of valid int64 ids (the service's form): what prepare and
+            # check_token_range would make of it, in one reduction and one copy. Anything
+            # else, or a bad id, takes the general path and its messages.
+            req = _Request("predict", 1)
+            req.data = data = x.reshape(1, -1).copy()  # the caller may reuse x while it waits
+            req.width, req.prepared = data.shape[1], Prepared(data, None, True, None)
+            return req
         p = prepare(x, lengths, padding, tokens=self._tokens, width=self._width, vocab=self._vocab)
         data = p.data
         if self._tokens:
@@ -243,7 +266,7 @@ class Batcher:
         n, T = int(data.shape[0]), int(data.shape[1])
         req = _Request("predict", n)
         req.data, req.width, req.prepared = data, T, p
-        req.lens = p.lengths if p.lengths is not None else np.full(n, T, dtype=np.int32)
+        req.lens = p.lengths  # None: every row is full length
         return req
 
     def _enqueue(self, req: _Request) -> None:
@@ -256,7 +279,7 @@ class Batcher:
                     f"the Batcher's queue is full ({self._max_queue} requests waiting, max_queue); "
                     "retry later"
                 )
-            req.t_enqueued = time.perf_counter()
+            req.t_enqueued = self._t_last = time.perf_counter()
             self._queues[req.kind].append(req)
             self._queued += 1
             self._queued_seqs += req.n
@@ -452,26 +475,32 @@ class Batcher:
         return batch
 
     def _dispatch_loop(self) -> None:
-        want = 0  # sequences worth waiting for right after a call
-        deadline = 0.0
+        want = 0  # sequences worth waiting for right after a call (0: no call just ended)
+        t_end = deadline = pause = 0.0
         while True:
             sleep: float | None = None
             with self._lock:
                 self._sleeping = False
-                # Dropped requests may still sit in the deques; _queued counts live ones.
-                if self._queued == 0:
-                    if self._closing:
-                        return
-                    want = 0
-                    self._want, self._sleeping = 1, True
-                    sleep = -1.0  # until woken
-                elif want and self._queued_seqs < want and not self._closing:
-                    remaining = deadline - time.perf_counter()
+                if want and self._queued_seqs < want and not self._closing:
+                    # Wait while requests keep coming: until a pause in arrivals, at most
+                    # until the deadline (see the module's docstring).
+                    until = min(deadline, max(self._t_last, t_end) + pause)
+                    remaining = until - time.perf_counter()
                     if remaining > 0:
                         self._want, self._sleeping = want, True
                         sleep = remaining
+                    else:
+                        want = 0
                 if sleep is None:
-                    batch = self._take()
+                    # Dropped requests may still sit in the deques; _queued counts live ones.
+                    if self._queued == 0:
+                        if self._closing:
+                            return
+                        want = 0  # the engine is idle: the next request goes at once
+                        self._want, self._sleeping = 1, True
+                        sleep = -1.0  # until woken
+                    else:
+                        batch = self._take()
             if sleep is not None:
                 self._wake.acquire(timeout=sleep)
                 continue
@@ -479,10 +508,16 @@ class Batcher:
                 continue
             n = sum(r.n for r in batch)
             self._run(batch, n)
-            want = min(n, self._max_batch)
-            # Waiting w for the callers just answered saves one call's fixed cost and
-            # idles the engine for w: worth it only while w is below that cost.
-            deadline = time.perf_counter() + min(self._max_delay, self._fixed_cost)
+            t_end = time.perf_counter()
+            with self._lock:
+                # Requests queued during the call go at once: waiting for more would hold them
+                # back and move callers from group to group (each move costs a caller a whole
+                # extra call). An empty queue means the callers were all in this call: wait
+                # for them. (A call of one sequence: its caller's return dispatches at once
+                # anyway, so the dispatcher just sleeps until a request comes, with no timer.)
+                want = 0 if self._queued or n == 1 else min(n, self._max_batch)
+            deadline = t_end + self._max_delay
+            pause = min(self._max_delay, max(self._fixed_cost, _MIN_PAUSE))
 
     def _run(self, batch: list[_Request], n: int) -> None:
         t0 = time.perf_counter()
@@ -514,36 +549,49 @@ class Batcher:
             self._n_errors += errors
             self._sizes[n] += 1
             self._call_times.append(elapsed)
+            refit = False
             if calls == 1:
-                self._fits.append((n, elapsed))
-                if self._n_calls % _FIT_EVERY == 0:
-                    self._fixed_cost = self._fit_fixed_cost()
-        for r in batch:
-            self._deliver(r)
+                i = self._n_fits % _FIT_SAMPLES
+                self._fit_n[i], self._fit_t[i] = n, elapsed
+                self._n_fits += 1
+                refit = self._n_calls % _FIT_EVERY == 0
+        self._deliver(batch)
+        if refit:  # after the answers are out (only this thread reads the ring)
+            self._fixed_cost = self._fit_fixed_cost()
 
     def _fit_fixed_cost(self) -> float:
         """The intercept of call time against sequences per call (least squares), in seconds."""
-        n = np.array([f[0] for f in self._fits], dtype=np.float64)
-        t = np.array([f[1] for f in self._fits], dtype=np.float64)
-        if np.ptp(n) == 0:
+        # The closed form, a few times faster than np.polyfit: this thread holds the GIL
+        # meanwhile, and the callers just answered need it.
+        k = min(self._n_fits, _FIT_SAMPLES)
+        n, t = self._fit_n[:k], self._fit_t[:k]
+        dn = n - n.mean()
+        var = float(dn @ dn)
+        if var == 0:
             return self._fixed_cost  # one size only: nothing to fit
-        _, intercept = np.polyfit(n, t, 1)
-        return float(min(max(intercept, 0.0), self._max_delay))
+        slope = float(dn @ (t - t.mean())) / var
+        intercept = float(t.mean()) - slope * float(n.mean())
+        return min(max(intercept, 0.0), self._max_delay)
 
-    def _deliver(self, r: _Request) -> None:
-        r.state = _DONE
-        if r.lock is not None:
-            r.lock.release()
-        elif r.loop is not None and r.future is not None:
+    def _deliver(self, batch: list[_Request]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+        for r in batch:
+            r.state = _DONE
+            if r.lock is not None:
+                r.lock.release()
+            elif r.loop is not None:
+                by_loop.setdefault(r.loop, []).append(r)
+        # One wake-up per event loop and call, however many of its requests the call answered.
+        for loop, requests in by_loop.items():
             # A closed loop raises RuntimeError: nobody is waiting for the answer any more.
             with contextlib.suppress(RuntimeError):
-                r.loop.call_soon_threadsafe(_resolve, r.future, r.result, r.error)
+                loop.call_soon_threadsafe(_resolve, requests)
 
     def _run_predict(self, batch: list[_Request]) -> None:
         model = self._model
         if len(batch) == 1:
             r = batch[0]
-            out = model.predict(r.data, lengths=r.lens)
+            out = model.predict(r.data) if r.lens is None else model.predict(r.data, lengths=r.lens)
             r.result = r.prepared.finish(out, self._sequences)  # type: ignore[union-attr]
             return
         total = sum(r.n for r in batch)
@@ -554,7 +602,7 @@ class Batcher:
         s = 0
         for r in batch:
             data[s:s + r.n, :r.width] = r.data
-            lens[s:s + r.n] = r.lens  # type: ignore[assignment]
+            lens[s:s + r.n] = r.width if r.lens is None else r.lens
             s += r.n
         out = model.predict(data, lengths=lens)
         s = 0
