@@ -71,28 +71,51 @@ struct Math {
     return r;
   }
 
+  // sigmoid(|x|) = 1 / (1 + e) with e = exp(-|x|) in (0, 1], and
+  // sigmoid(-|x|) = e * sigmoid(|x|): the denominator stays in [1, 2], where a
+  // refined reciprocal estimate (Ops::recip) replaces the division, and the
+  // negative tail keeps its relative accuracy. |x| is clamped to 104, where
+  // e * 2^n underflows to exactly 0: sigmoid(-inf) = 0, sigmoid(+inf) = 1, and
+  // x * sigmoid(x) (swish) is 0 for huge negative x, not x times a denormal.
   static RNNINFER_INLINE V sigmoid(V x) {
-    const V y = O::div(O::set1(1.0f), O::add(O::set1(1.0f), exp(O::neg(x))));
-    // Below -88 the true value is under 6e-39; exactly 0 there keeps x * sigmoid(x)
-    // (swish) at 0 for huge negative x instead of x times a clamped denormal.
-    return O::select(O::lt(x, O::set1(-88.0f)), O::zero(), y);
+    const V a = O::min(O::set1(104.0f), O::abs(x));  // keeps NaN (Ops::min contract)
+    const V n = O::round(O::mul(a, O::set1(-1.44269504088896341f)));
+    // e = 2^n exp(-r) with r = a + n ln2 in [-ln2/2, ln2/2]; one rounded ln2 is
+    // enough: its error (|n| * 1.9e-9) matters only where e is tiny.
+    const V r = O::fma(n, O::set1(0.693147182464599609375f), a);
+    // Degree-5 minimax fit of exp(-r) on that range: relative error 7.5e-8.
+    V p = O::set1(-8.297640830e-03f);
+    p = O::fma(p, r, O::set1(4.191548005e-02f));
+    p = O::fma(p, r, O::set1(-1.666757613e-01f));
+    p = O::fma(p, r, O::set1(4.999889433e-01f));
+    p = O::fma(p, r, O::set1(-9.999997020e-01f));
+    p = O::fma(p, r, O::set1(1.000000119e+00f));
+    const V e = O::scale2(p, n);
+    const V q = O::recip(O::add(e, O::set1(1.0f)));
+    return O::select(O::lt(x, O::zero()), O::mul(e, q), q);
   }
 
+  // tanh(|x|) = -m / (2 + m) with m = expm1(-2|x|) in (-1, 0], computed as
+  // 2^n expm1(-r) + (2^n - 1) so that it keeps its relative accuracy near 0
+  // (n = 0 there): no cancellation, no separate small-argument branch. The
+  // denominator lies in [1, 2] (Ops::recip); |x| is clamped to 44, where
+  // m = -1 exactly. copysign makes it odd, including tanh(-0) = -0.
   static RNNINFER_INLINE V tanh(V x) {
-    const V ax = O::abs(x);
-    // Large |x|: 1 - 2 / (e^{2|x|} + 1), no cancellation there.
-    const V big = O::sub(O::set1(1.0f),
-                         O::div(O::set1(2.0f), O::add(exp(O::add(ax, ax)), O::set1(1.0f))));
-    // Small |x|: odd polynomial (Cephes tanhf), exact at 0 and accurate near it.
-    const V z = O::mul(x, x);
-    V p = O::set1(-5.70498872745e-3f);
-    p = O::fma(p, z, O::set1(2.06390887954e-2f));
-    p = O::fma(p, z, O::set1(-5.37397155531e-2f));
-    p = O::fma(p, z, O::set1(1.33314422036e-1f));
-    p = O::fma(p, z, O::set1(-3.33332819422e-1f));
-    const V small = O::fma(O::mul(p, z), x, x);
-    // copysign on both branches keeps tanh odd, including tanh(-0) = -0.
-    return O::copysign(O::select(O::ge(ax, O::set1(0.625f)), big, O::abs(small)), x);
+    const V a = O::min(O::set1(44.0f), O::abs(x));  // keeps NaN
+    const V u = O::add(a, a);
+    const V n = O::round(O::mul(u, O::set1(-1.44269504088896341f)));
+    const V r = O::fma(n, O::set1(0.693147182464599609375f), u);
+    // expm1(-r) = r * P(r), P a degree-5 minimax fit (relative error 1.1e-8).
+    V p = O::set1(1.388887293e-03f);
+    p = O::fma(p, r, O::set1(-8.369082585e-03f));
+    p = O::fma(p, r, O::set1(4.166713730e-02f));
+    p = O::fma(p, r, O::set1(-1.666650623e-01f));
+    p = O::fma(p, r, O::set1(4.999999702e-01f));
+    p = O::fma(p, r, O::set1(-1.0f));
+    const V pow2n = O::scale2(O::set1(1.0f), n);
+    const V m = O::add(O::scale2(O::mul(p, r), n), O::sub(pow2n, O::set1(1.0f)));
+    const V t = O::mul(m, O::recip(O::add(m, O::set1(2.0f))));
+    return O::copysign(t, x);
   }
 
   static RNNINFER_INLINE V softplus(V x) {
