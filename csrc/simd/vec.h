@@ -17,13 +17,12 @@
 //     float exactly (the bf16 bits are the high half of the float's bits).
 //   load_i8(p): kLanes int8 values converted to float (exact).
 //   pow2i(n): 2^n for integer-valued n in [-126, 127].
-//   scale2(p, n): p * 2^n for integer-valued n <= 0 and |p| < 2; where that
-//     is below the normal range the result is 0 or the correctly rounded
+//   scale2(p, n): p * 2^n for integer-valued n <= 127 and |p| < 2, exact
+//     while the result is normal; below that 0 or the correctly rounded
 //     denormal (ISA-dependent, 0 at the latest from n <= -127).
-//   recip(d): 1/d for d in [1, 4], relative error <= 2^-21 and exact at d = 1
-//     (AVX-512: the vrcp14ps estimate refined by one Newton step; elsewhere a
-//     true division); the same bits for the same d on one CPU and ISA.
-//   frexp(x, e): mantissa in [0.5, 1) and exponent for finite positive normal x.
+//   recip(d): 1/d for finite d >= 1, relative error <= 2^-21 while 1/d is
+//     normal, exact at d = 1 (AVX-512: the vrcp14ps estimate refined by one
+//     Newton step; elsewhere a true division); same bits for the same d.
 #pragma once
 
 #include <cmath>
