@@ -110,7 +110,8 @@ def test_gate_functions_below_the_clamp(isa):
     """sigmoid stops at sigmoid(-88) = 6.1e-39 (absolute error < 1e-38); tanh saturates exactly."""
     x = np.array([-88.0, -88.5, -100.0, -1e30, -np.inf], np.float32)
     got = _core._testing.activate(isa, "sigmoid", x).astype(np.float64)
-    assert (got >= 0).all() and (got < 1e-38).all()
+    assert (got >= 0).all()
+    assert (got < 1e-38).all()
     assert (_core._testing.activate(isa, "swish", x[1:4]) == 0).all()
     assert np.isnan(_core._testing.activate(isa, "swish", x[4:]))[0]
     big = np.array([9.1, 44.0, 50.0, 1e30], np.float32)
@@ -125,7 +126,7 @@ def test_gate_functions_same_bits_in_every_lane(isa):
     x = (rng.standard_normal(4099) * 8).astype(np.float32)
     for act in ("sigmoid", "tanh"):
         whole = _core._testing.activate(isa, act, x)
-        one_by_one = np.concatenate([_core._testing.activate(isa, act, x[i:i + 1]) for i in range(0, 200)])
+        one_by_one = np.concatenate([_core._testing.activate(isa, act, x[i:i + 1]) for i in range(200)])
         shifted = _core._testing.activate(isa, act, x[3:])
         np.testing.assert_array_equal(whole[:200], one_by_one)
         np.testing.assert_array_equal(whole[3:], shifted)
