@@ -78,7 +78,8 @@ void check_shape(const FArray& a, std::vector<py::ssize_t> shape, const char* na
 // Returns (h_next, c_next or None, seconds per step over `reps` repetitions).
 py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray w_hh, FArray xp,
                          FArray h_prev, py::object c_prev_obj, py::object b_hn_obj, bool reset_after,
-                         const std::string& act, const std::string& ract, int reps) {
+                         const std::string& act, const std::string& ract, int reps,
+                         bool tiles_backward) {
   const KernelTable& k = kernels_for(isa);
   const bool lstm = cell == "lstm", gru = cell == "gru";
   if (!lstm && !gru && cell != "rnn") throw std::invalid_argument("cell must be lstm, gru or rnn");
@@ -135,6 +136,7 @@ py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray
   a.hq = hq.data();
   a.act = parse_act(act);
   a.ract = parse_act(ract);
+  a.tiles_backward = tiles_backward;
   const StepFn fn = lstm ? k.lstm_step : (gru ? (reset_after ? k.gru_step : k.gru_reset_before_step) : k.rnn_step);
   double seconds;
   {
@@ -213,8 +215,10 @@ void register_testing(py::module_& m) {
         py::arg("xp"), py::arg("h_prev"), py::arg("c_prev") = py::none(), py::arg("b_hn") = py::none(),
         py::arg("reset_after") = true, py::arg("activation") = "tanh",
         py::arg("recurrent_activation") = "sigmoid", py::arg("reps") = 1,
+        py::arg("tiles_backward") = false,
         "One fp32 recurrent step (rows = sequences) through the ISA's step kernel: "
-        "(h_next, c_next or None, seconds per step over reps repetitions).");
+        "(h_next, c_next or None, seconds per step over reps repetitions); tiles_backward "
+        "visits the unit tiles last to first (StepArgs::tiles_backward).");
   t.def(
       "split_batch_weighted",
       [](const std::vector<int>& lengths, const std::vector<double>& speeds, int min_rows) {

@@ -301,6 +301,7 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
     float* y = y_base + row0 * static_cast<int64_t>(ld_y);
     a.n = n;
     a.h_prev = h_prev;
+    a.tiles_backward = par != 0;
     if (projected)
       a.xp = ws.proj[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)].data() + row0 * GH;
     else if (table_rows)

@@ -139,6 +139,11 @@ struct StepArgs {
   int k_begin = 0;                // set by the kernels: sums below it come from `partial`
   int tile_begin = 0;             // unit tiles [tile_begin, tile_end) only (-1: to the last):
   int tile_end = -1;              // threads splitting one layer's units each take a range
+  // Visit the unit tiles last to first (a hint; each tile's arithmetic is the
+  // same either way). Alternated step by step, a step starts with the tiles
+  // the previous one read last, still in L1: weights a little larger than L1
+  // (an LSTM(64): 64 KiB) are then only partly re-read from L2 each step.
+  bool tiles_backward = false;
   // kPairs/kQuads weights: room for the step's activations converted to bf16
   // pairs or quantised to 8 bits, hq_floats_per_row(K) floats per row.
   float* hq = nullptr;

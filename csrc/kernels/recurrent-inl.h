@@ -350,11 +350,18 @@ RNNINFER_INLINE void tile_tail(int n, const StepArgs& a, const PackedRec& pw, co
 }
 
 // Rows [r0, r0 + R) over the unit tiles [t0, t1), tiles_per_pass() at a time
-// and the remaining tiles in one more pass.
+// and the remaining tiles in one more pass (last to first: a.tiles_backward).
 template <Isa I, int G, int R, WType T, typename Update>
 RNNINFER_INLINE void row_group(const StepArgs& a, const PackedRec& pw, const float* h,
                                std::size_t ld_h, int r0, int t0, int t1, Update update) {
   constexpr int TB = tiles_per_pass<I, G, R>();
+  if (a.tiles_backward) {
+    // Passes of TB tiles from the end, the remaining first tiles last.
+    int t = t1;
+    for (; t - TB >= t0; t -= TB) rows_tiles<I, G, R, TB, T>(a, pw, h, ld_h, r0, t - TB, update);
+    if (t > t0) tile_tail<I, G, R, TB - 1, T>(t - t0, a, pw, h, ld_h, r0, t0, update);
+    return;
+  }
   int t = t0;
   for (; t + TB <= t1; t += TB) rows_tiles<I, G, R, TB, T>(a, pw, h, ld_h, r0, t, update);
   if (t < t1) tile_tail<I, G, R, TB - 1, T>(t1 - t, a, pw, h, ld_h, r0, t, update);
@@ -398,7 +405,8 @@ inline void for_rows(const StepArgs& a, const PackedRec& pw, const float* h, std
   }
   const bool chunked = pw.k > KC && a.partial != nullptr;
   if (chunked) b.k_begin = ((pw.k - 1) / KC) * KC;
-  for (int t = t0; t < t1; ++t) {
+  for (int i = 0; i < t1 - t0; ++i) {
+    const int t = a.tiles_backward ? t1 - 1 - i : t0 + i;
     if (chunked) partial_sums<I, G, RB, T>(pw, t, h, ld_h, n, b.k_begin, a.partial);
     int r = 0;
     for (; r + RB <= n; r += RB) rows_tiles<I, G, RB, 1, T>(b, pw, h, ld_h, r, t, update);

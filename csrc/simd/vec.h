@@ -17,7 +17,12 @@
 //     float exactly (the bf16 bits are the high half of the float's bits).
 //   load_i8(p): kLanes int8 values converted to float (exact).
 //   pow2i(n): 2^n for integer-valued n in [-126, 127].
-//   frexp(x, e): mantissa in [0.5, 1) and exponent for finite positive normal x.
+//   scale2(p, n): p * 2^n for integer-valued n <= 127 and |p| < 2, exact
+//     while the result is normal; below that 0 or the correctly rounded
+//     denormal (ISA-dependent, 0 at the latest from n <= -127).
+//   recip(d): 1/d for finite d >= 1, relative error <= 2^-21 while 1/d is
+//     normal, exact at d = 1 (AVX-512: the vrcp14ps estimate refined by one
+//     Newton step; elsewhere a true division); same bits for the same d.
 #pragma once
 
 #include <cmath>
@@ -72,6 +77,7 @@ struct Ops<Isa::kScalar> {
   static inline V sub(V a, V b) { return a - b; }
   static inline V mul(V a, V b) { return a * b; }
   static inline V div(V a, V b) { return a / b; }
+  static inline V recip(V d) { return 1.0f / d; }
   // Unfused on purpose: the scalar TU is built with -ffp-contract=off and the
   // baseline ISA has no FMA instruction (std::fma would be a slow libm call).
   static inline V fma(V a, V b, V c) { return a * b + c; }
@@ -85,6 +91,7 @@ struct Ops<Isa::kScalar> {
   static inline V select(M m, V a, V b) { return m ? a : b; }
   static inline V round(V a) { return std::nearbyint(a); }
   static inline V copysign(V mag, V sgn) { return std::copysign(mag, sgn); }
+  static inline V scale2(V p, V n) { return p * pow2i(n); }
   static inline V pow2i(V n) {
     // NaN (from a NaN input) must not reach the int conversion, which would
     // be undefined behaviour; it propagates through the caller's product.

@@ -36,6 +36,9 @@ struct Ops<Isa::kAvx2> {
   static inline V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static inline V div(V a, V b) { return _mm256_div_ps(a, b); }
+  // A true division: vrcpps plus one Newton step would leave 1/1 at 1 - 2^-24
+  // (tanh(inf) != 1), and a second step costs as much as the divider here.
+  static inline V recip(V d) { return _mm256_div_ps(_mm256_set1_ps(1.0f), d); }
   static inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static inline V min(V a, V b) { return _mm256_min_ps(a, b); }
   static inline V max(V a, V b) { return _mm256_max_ps(a, b); }
@@ -51,6 +54,10 @@ struct Ops<Isa::kAvx2> {
   static inline V copysign(V mag, V sgn) {
     const V sign = _mm256_set1_ps(-0.0f);
     return _mm256_or_ps(_mm256_andnot_ps(sign, mag), _mm256_and_ps(sign, sgn));
+  }
+  static inline V scale2(V p, V n) {
+    // n = -127 gives the bit pattern of +0, so everything below it is 0 too.
+    return _mm256_mul_ps(p, pow2i(_mm256_max_ps(_mm256_set1_ps(-127.0f), n)));
   }
   static inline V pow2i(V n) {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));

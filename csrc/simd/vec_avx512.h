@@ -37,6 +37,11 @@ struct OpsAvx512 {
   static inline V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static inline V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static inline V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static inline V recip(V d) {
+    // vrcp14ps (relative error <= 2^-14) and one Newton step r + r (1 - d r).
+    const V r = _mm512_rcp14_ps(d);
+    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+  }
   static inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static inline V min(V a, V b) { return _mm512_min_ps(a, b); }
   static inline V max(V a, V b) { return _mm512_max_ps(a, b); }
@@ -58,6 +63,7 @@ struct OpsAvx512 {
         _mm512_andnot_si512(sign, _mm512_castps_si512(mag)),
         _mm512_and_si512(sign, _mm512_castps_si512(sgn))));
   }
+  static inline V scale2(V p, V n) { return _mm512_scalef_ps(p, n); }
   static inline V pow2i(V n) {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));

@@ -65,6 +65,7 @@ class _testing:  # a submodule, typed as a namespace
         isa: str, cell: str, w_hh: np.ndarray, xp: np.ndarray, h_prev: np.ndarray,
         c_prev: np.ndarray | None = None, b_hn: np.ndarray | None = None, reset_after: bool = True,
         activation: str = "tanh", recurrent_activation: str = "sigmoid", reps: int = 1,
+        tiles_backward: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None, float]: ...
 
     class SplitBackoff:

@@ -81,3 +81,52 @@ def test_unknown_activation_and_isa():
         _core._testing.activate("scalar", "swishy", np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="ISA"):
         _core._testing.activate("sse9", "tanh", np.zeros(3, np.float32))
+
+
+def _relative_error(isa: str, act: str, x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    got = _core._testing.activate(isa, act, x).astype(np.float64)
+    xd = x.astype(np.float64)
+    # Direct float64 forms: accurate in relative terms in the ranges tested.
+    want = 1.0 / (1.0 + np.exp(-xd)) if act == "sigmoid" else np.tanh(xd)
+    return np.abs(got - want) / np.abs(want)
+
+
+def test_sigmoid_keeps_relative_accuracy_in_the_negative_tail(isa):
+    """1 / (1 + e^-x) never cancels: tiny gate values keep their digits (activations-inl.h)."""
+    x = -np.geomspace(1.0, 87.9, 20001)
+    # The scalar table's unfused range reduction rounds n * ln2 first (bits lost where |n| is large).
+    bound = 5e-6 if isa == "scalar" else 4e-7
+    assert _relative_error(isa, "sigmoid", x).max() < bound
+
+
+def test_tanh_keeps_relative_accuracy_near_zero(isa):
+    """The expm1 form has no cancellation at small |x|: tanh(x) ~ x keeps its digits."""
+    x = np.concatenate([np.geomspace(1e-30, 2.0, 20001), -np.geomspace(1e-30, 2.0, 20001)])
+    assert _relative_error(isa, "tanh", x).max() < 3e-7
+
+
+def test_gate_functions_below_the_clamp(isa):
+    """sigmoid stops at sigmoid(-88) = 6.1e-39 (absolute error < 1e-38); tanh saturates exactly."""
+    x = np.array([-88.0, -88.5, -100.0, -1e30, -np.inf], np.float32)
+    got = _core._testing.activate(isa, "sigmoid", x).astype(np.float64)
+    assert (got >= 0).all()
+    assert (got < 1e-38).all()
+    assert (_core._testing.activate(isa, "swish", x[1:4]) == 0).all()
+    assert np.isnan(_core._testing.activate(isa, "swish", x[4:]))[0]
+    big = np.array([9.1, 44.0, 50.0, 1e30], np.float32)
+    np.testing.assert_array_equal(_core._testing.activate(isa, "tanh", big), 1.0)
+    np.testing.assert_array_equal(_core._testing.activate(isa, "tanh", -big), -1.0)
+    np.testing.assert_array_equal(_core._testing.activate(isa, "sigmoid", np.array([17.5, 88.0, 1e30], np.float32)), 1.0)
+
+
+def test_gate_functions_same_bits_in_every_lane(isa):
+    """The reciprocal estimate and scaling give one value per input whatever the lane or tail."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(4099) * 8).astype(np.float32)
+    for act in ("sigmoid", "tanh"):
+        whole = _core._testing.activate(isa, act, x)
+        one_by_one = np.concatenate([_core._testing.activate(isa, act, x[i:i + 1]) for i in range(200)])
+        shifted = _core._testing.activate(isa, act, x[3:])
+        np.testing.assert_array_equal(whole[:200], one_by_one)
+        np.testing.assert_array_equal(whole[3:], shifted)

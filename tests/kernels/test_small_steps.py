@@ -60,10 +60,10 @@ def _inputs(rng: np.random.Generator, G: int, H: int, n: int) -> tuple[np.ndarra
 
 
 def _step(isa: str, cell: str, reset_after: bool, w: np.ndarray, xp: np.ndarray, h: np.ndarray,
-          c: np.ndarray, b_hn: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+          c: np.ndarray, b_hn: np.ndarray, *, backward: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     hn, cn, _ = T.recurrent_step(isa, cell, w, xp, h, c if cell == "lstm" else None,
                                  b_hn if cell == "gru" and reset_after else None,
-                                 reset_after=reset_after)
+                                 reset_after=reset_after, tiles_backward=backward)
     return hn, cn
 
 
@@ -78,14 +78,16 @@ def test_rows_same_bits_on_every_path_and_match_float64(isa, rng, cell, G, reset
         assert full_c is not None
         np.testing.assert_allclose(full_c, ref_c, atol=2e-5, rtol=0)
     # Each prefix of the rows runs a different path (groups, tails, tiles per
-    # pass, tiles outer); each row must keep its bits, and a reversed batch
-    # puts every row in another group position.
+    # pass, tiles outer), with the unit tiles visited first to last or last to
+    # first (the engine alternates per step); each row must keep its bits, and
+    # a reversed batch puts every row in another group position.
     for n in ROWS:
-        hn, cn = _step(isa, cell, reset_after, w, xp[:n], h[:n], c[:n], b_hn)
-        np.testing.assert_array_equal(hn, full_h[:n], err_msg=f"rows={n}")
-        if cn is not None:
-            assert full_c is not None
-            np.testing.assert_array_equal(cn, full_c[:n], err_msg=f"rows={n}")
+        for backward in (False, True):
+            hn, cn = _step(isa, cell, reset_after, w, xp[:n], h[:n], c[:n], b_hn, backward=backward)
+            np.testing.assert_array_equal(hn, full_h[:n], err_msg=f"rows={n} backward={backward}")
+            if cn is not None:
+                assert full_c is not None
+                np.testing.assert_array_equal(cn, full_c[:n], err_msg=f"rows={n} backward={backward}")
     rev = slice(None, None, -1)
     hn, cn = _step(isa, cell, reset_after, w, xp[rev], h[rev], c[rev], b_hn)
     np.testing.assert_array_equal(hn[rev], full_h)
