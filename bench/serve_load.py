@@ -506,7 +506,9 @@ def plot(res: dict[str, Any], path: Path) -> bool:
         ax.set_title(f"{mode}-loop clients")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency (ms)")
-    axes[1].legend(fontsize=7)
+    for ax in axes:  # a run of closed-loop clients only leaves the open-loop panel empty
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"HTTP serving, headline model, T={res['T']}, {res['threads']} threads")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
