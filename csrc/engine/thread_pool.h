@@ -6,7 +6,7 @@
 // it) runs its call alone on its own thread, so concurrent calls never
 // oversubscribe the pool's cores and never wait on each other.
 //
-// Workers spin briefly (200 us) after a job, so back-to-back calls start
+// Workers spin briefly (1 ms) after a job, so back-to-back calls start
 // without a futex wake-up, then sleep on a condition variable: no core stays
 // busy once calls stop. A worker that wakes up on the CPU of a thread already
 // in the job moves itself, for that job, to a CPU the job is not using (Linux;
