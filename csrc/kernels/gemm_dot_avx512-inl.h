@@ -43,18 +43,38 @@ struct DotAcc<false> {
   using T = __m512i;
 };
 
+template <bool kBf16>
+RNNINFER_INLINE typename DotAcc<kBf16>::T dot_zero() {
+  if constexpr (kBf16)
+    return _mm512_setzero_ps();
+  else
+    return _mm512_setzero_si512();
+}
+
+// The accumulator vector of output columns col..col+15 as values before the
+// bias: bf16 sums are already fp32 (comp and scale are null and unused);
+// int8 sums lose the zero-point correction, then take the column and row
+// scales. Scales and corrections are padded to whole panels, so full loads
+// are in bounds. Every gemm path goes through this, so a row gets the same
+// bits whichever path ran it.
+template <bool kBf16>
+RNNINFER_INLINE __m512 dot_value(typename DotAcc<kBf16>::T acc, const int32_t* comp,
+                                 const float* scale, int col, float row_scale) {
+  if constexpr (kBf16) {
+    return acc;
+  } else {
+    const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_loadu_si512(comp + col)));
+    return _mm512_mul_ps(_mm512_mul_ps(d, _mm512_loadu_ps(scale + col)), _mm512_set1_ps(row_scale));
+  }
+}
+
 template <bool kBf16, int NV, int MR>
 inline void gemm_tile(const uint32_t* panel, int groups, const uint32_t* q, std::size_t qs,
                       const float* row_scale, const float* bias, const float* scale,
                       const int32_t* comp, int ncols, float* c, std::size_t ldc) {
   typename DotAcc<kBf16>::T acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) {
-      if constexpr (kBf16)
-        acc[r][v] = _mm512_setzero_ps();
-      else
-        acc[r][v] = _mm512_setzero_si512();
-    }
+    for (int v = 0; v < NV; ++v) acc[r][v] = dot_zero<kBf16>();
   for (int p = 0; p < groups; ++p) {
     __m512i wv[NV];
     for (int v = 0; v < NV; ++v)
@@ -75,16 +95,7 @@ inline void gemm_tile(const uint32_t* panel, int groups, const uint32_t* q, std:
     const __mmask16 mk = mask_of(cols);
     const __m512 b = bias ? _mm512_maskz_loadu_ps(mk, bias + v * 16) : _mm512_setzero_ps();
     for (int r = 0; r < MR; ++r) {
-      __m512 s;
-      if constexpr (kBf16) {
-        s = acc[r][v];
-      } else {
-        // Scales and corrections are padded to whole panels: full loads are in bounds.
-        const __m512 d = _mm512_cvtepi32_ps(
-            _mm512_sub_epi32(acc[r][v], _mm512_loadu_si512(comp + v * 16)));
-        s = _mm512_mul_ps(_mm512_mul_ps(d, _mm512_loadu_ps(scale + v * 16)),
-                          _mm512_set1_ps(row_scale[r]));
-      }
+      const __m512 s = dot_value<kBf16>(acc[r][v], comp, scale, v * 16, kBf16 ? 0.0f : row_scale[r]);
       _mm512_mask_storeu_ps(c + static_cast<std::size_t>(r) * ldc + v * 16, mk, _mm512_add_ps(s, b));
     }
   }
@@ -103,12 +114,7 @@ inline void gemm_group(const uint32_t* panel, std::size_t panel_stride, int grou
   constexpr int NR = NV * 16;
   typename DotAcc<kBf16>::T acc[PG][NV];
   for (int g = 0; g < PG; ++g)
-    for (int v = 0; v < NV; ++v) {
-      if constexpr (kBf16)
-        acc[g][v] = _mm512_setzero_ps();
-      else
-        acc[g][v] = _mm512_setzero_si512();
-    }
+    for (int v = 0; v < NV; ++v) acc[g][v] = dot_zero<kBf16>();
   for (int p = 0; p < groups; ++p) {
     const __m512i av = _mm512_set1_epi32(static_cast<int>(q[p]));
     for (int g = 0; g < PG; ++g)
@@ -124,13 +130,7 @@ inline void gemm_group(const uint32_t* panel, std::size_t panel_stride, int grou
     for (int v = 0; v < NV; ++v) {
       const int col = g * NR + v * 16;
       const __m512 b = bias ? _mm512_loadu_ps(bias + col) : _mm512_setzero_ps();
-      __m512 s;
-      if constexpr (kBf16) {
-        s = acc[g][v];
-      } else {
-        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g][v], _mm512_loadu_si512(comp + col)));
-        s = _mm512_mul_ps(_mm512_mul_ps(d, _mm512_loadu_ps(scale + col)), _mm512_set1_ps(row_scale[0]));
-      }
+      const __m512 s = dot_value<kBf16>(acc[g][v], comp, scale, col, kBf16 ? 0.0f : row_scale[0]);
       _mm512_storeu_ps(c + col, _mm512_add_ps(s, b));
     }
 }
