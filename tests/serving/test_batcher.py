@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,6 +110,24 @@ def _start(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     return t, box
 
 
+def _queue_behind_a_held_call(
+    b: rnninfer.Batcher, release: threading.Event, hold: Callable[[], Any],
+    calls: Sequence[Callable[[], Any]],
+) -> tuple[tuple[threading.Thread, dict[str, Any]], list[tuple[threading.Thread, dict[str, Any]]]]:
+    """Start ``hold`` and let the gate hold its call; queue ``calls`` behind it, release, join all.
+
+    Returns the held call's and the queued calls' (thread, box) pairs.
+    """
+    held = _start(hold)
+    assert release.entered.wait(WAIT)  # type: ignore[attr-defined]
+    started = [_start(fn) for fn in calls]
+    _until(lambda: b.queue_depth == len(calls))
+    release.set()
+    for t, _ in [held, *started]:
+        t.join(WAIT)
+    return held, started
+
+
 def _run_clients(client: Callable[[int], None], n: int) -> None:
     """Run ``client(0) ... client(n - 1)`` in n threads at once and wait for them (bounded)."""
     threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
@@ -177,14 +195,9 @@ def test_queued_requests_merge_into_one_call(gate: Any, rng: np.random.Generator
     model = MODELS["tokens-seq"]
     reqs = _requests(model, rng, 12)
     with rnninfer.Batcher(model, max_batch=64, max_delay_ms=0) as b:
-        release = gate(b)
-        first = _start(lambda: b.predict([1, 2, 3]))
-        assert release.entered.wait(WAIT)
-        started = [_start(lambda x=x, lens=lens: b.predict(x, lengths=lens)) for x, lens in reqs]
-        _until(lambda: b.queue_depth == len(reqs))
-        release.set()
-        for t, _ in [first, *started]:
-            t.join(WAIT)
+        _, started = _queue_behind_a_held_call(
+            b, gate(b), lambda: b.predict([1, 2, 3]),
+            [lambda x=x, lens=lens: b.predict(x, lengths=lens) for x, lens in reqs])
         stats = b.stats()
     assert stats["engine_calls"] == 2
     for (x, lens), (_, box) in zip(reqs, started):
@@ -216,14 +229,9 @@ def test_callers_coming_back_after_a_call_share_the_next_one(gate: Any) -> None:
     # taking turns, each waiting a whole call for the other).
     model = MODELS["tokens-last"]
     with rnninfer.Batcher(model, max_delay_ms=3000) as b:
-        release = gate(b)
-        hold = _start(lambda: b.predict([9]))
-        assert release.entered.wait(WAIT)
-        rounds = [_start(lambda k=k: [b.predict([k + 1, 2]) for _ in range(4)]) for k in range(2)]
-        _until(lambda: b.queue_depth == 2)
-        release.set()
-        for t, _ in [hold, *rounds]:
-            t.join(WAIT)
+        _, rounds = _queue_behind_a_held_call(
+            b, gate(b), lambda: b.predict([9]),
+            [lambda k=k: [b.predict([k + 1, 2]) for _ in range(4)] for k in range(2)])
         stats = b.stats()
     assert all("result" in box for _, box in rounds)
     # the held call of one, then four calls of both callers' two sequences
@@ -335,14 +343,8 @@ def test_a_failing_merged_call_falls_back_to_one_by_one(
     monkeypatch.setattr(model, "predict", picky)
     xs = [[1, 2, 3], [4, 13], [5], [[6, 7], [13, 1]], [8, 9, 10, 11]]
     with rnninfer.Batcher(model) as b:
-        release = gate(b)
-        hold = _start(lambda: b.predict([2]))
-        assert release.entered.wait(WAIT)
-        started = [_start(lambda x=x: b.predict(x)) for x in xs]
-        _until(lambda: b.queue_depth == len(xs))
-        release.set()
-        for t, _ in [hold, *started]:
-            t.join(WAIT)
+        _, started = _queue_behind_a_held_call(
+            b, gate(b), lambda: b.predict([2]), [lambda x=x: b.predict(x) for x in xs])
         stats = b.stats()
     assert stats["fallbacks"] == 1
     assert stats["errors"] == 2
@@ -674,14 +676,9 @@ def test_pre_padded_requests_merge_and_get_predicts_bits(gate: Any, rng: np.rand
         lens = rng.integers(1, 6, size=n)
         reqs.append((rng.integers(1, 60, size=(n, 5)), lens))
     with rnninfer.Batcher(model, max_batch=64, max_delay_ms=0) as b:
-        release = gate(b)
-        first = _start(lambda: b.predict([1, 2, 3]))
-        assert release.entered.wait(WAIT)
-        started = [_start(lambda x=x, lens=lens: b.predict(x, lengths=lens, padding="pre")) for x, lens in reqs]
-        _until(lambda: b.queue_depth == len(reqs))
-        release.set()
-        for t, _ in [first, *started]:
-            t.join(WAIT)
+        _, started = _queue_behind_a_held_call(
+            b, gate(b), lambda: b.predict([1, 2, 3]),
+            [lambda x=x, lens=lens: b.predict(x, lengths=lens, padding="pre") for x, lens in reqs])
         assert b.stats()["engine_calls"] == 2
     for (x, lens), (_, box) in zip(reqs, started):
         assert _same(box["result"], model.predict(x, lengths=lens, padding="pre"))
