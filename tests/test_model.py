@@ -32,6 +32,35 @@ def test_any_integer_dtype(tok_model, dtype):
     assert np.array_equal(tok_model.predict(x), tok_model.predict([3, 7, 9, 1]))
 
 
+def test_int64_arrays_skip_normalising_and_answer_the_same(tok_model, seq_model, monkeypatch):
+    """A C-contiguous int64 array is the engine's form: it goes straight in, same bits, same errors."""
+    rng = np.random.default_rng(3)
+    batch = rng.integers(0, 50, size=(5, 7))
+    expect = {id(m): (m.predict(batch.astype(np.int32)), m.predict(batch[2].astype(np.int32)))
+              for m in (tok_model, seq_model)}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("prepare() ran for an int64 array")
+
+    monkeypatch.setattr("rnninfer.model.prepare", refuse)
+    for m in (tok_model, seq_model):
+        many, one = expect[id(m)]
+        assert np.array_equal(m.predict(batch), many)
+        assert np.array_equal(m.predict(batch[2].copy()), one)
+        assert m.predict(batch[2].copy()).shape == one.shape
+    bad = batch.copy()
+    bad[3, 4] = 50
+    with pytest.raises(ValueError, match=r"token id 50 at sequence 3, step 4"):
+        tok_model.predict(bad)
+    with pytest.raises(ValueError, match=r"token id -2 at sequence 0, step 1"):
+        tok_model.predict(np.array([1, -2, 3]))
+    monkeypatch.undo()
+    # Other layouts and byte orders are normalised first, to the same answers.
+    assert np.array_equal(tok_model.predict(np.asfortranarray(batch)), expect[id(tok_model)][0])
+    assert np.array_equal(tok_model.predict(batch.astype(">i8")), expect[id(tok_model)][0])
+    assert np.array_equal(tok_model.predict(np.repeat(batch, 2, axis=1)[:, ::2]), expect[id(tok_model)][0])
+
+
 def test_shapes(tok_model, seq_model):
     assert tok_model.predict([1, 2, 3]).shape == (3,)
     assert tok_model.predict([[1, 2, 3], [4]]).shape == (2, 3)

@@ -13,9 +13,12 @@ may hold anything), with the message :func:`token_range_message` also gives
 here for ids that do not fit in int64 (and :func:`check_token_range` for
 callers that must check a request before merging it with others).
 
-The only other entry is the engine's fast path for the commonest call, one
-plain list of Python ints (``_core.Engine.predict_list``): it handles that
-form alone and hands anything else back to :func:`prepare`.
+The only other entries are two fast paths of ``Model.predict``, taken only
+without ``lengths``: one plain list of Python ints goes to
+``_core.Engine.predict_list``, which handles that form alone and hands
+anything else back to :func:`prepare`; and a non-empty C-contiguous native
+``int64`` array of 1 or 2 dimensions, already the engine's form, goes to the
+engine as it is.
 """
 
 from __future__ import annotations

@@ -246,12 +246,21 @@ class Model:
                 runs, in :mod:`rnninfer.inputs`, except token ids within
                 int64, which the engine checks as it reads them.
         """
-        if self._tokens and lengths is None and type(x) is list and padding == "post":
-            # The commonest call, one list of ints, read by the engine itself;
-            # None means another form, normalised below.
-            out = self._engine.predict_list(x)
-            if out is not None:
-                return out
+        if self._tokens and lengths is None and padding == "post":
+            if type(x) is list:
+                # The commonest call, one list of ints, read by the engine itself;
+                # None means another form, normalised below.
+                out = self._engine.predict_list(x)
+                if out is not None:
+                    return out
+            elif type(x) is np.ndarray and x.dtype == np.int64 and x.flags.c_contiguous and x.size:
+                # Already the engine's form, ids range-checked as the engine reads
+                # them: prepare() would only re-derive what the shape says
+                # (about 1.5 us, 2 % of a small model's batch-1 call).
+                if x.ndim == 2:
+                    return self._engine.predict(x, None)
+                if x.ndim == 1:
+                    return self._engine.predict(x[None], None)[0]
         p = prepare(x, lengths, padding, tokens=self._tokens, width=self._width, vocab=self._vocab)
         return p.finish(self._engine.predict(p.data, p.lengths), self._sequences)
 
