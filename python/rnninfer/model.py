@@ -260,7 +260,8 @@ class Model:
                 if x.ndim == 2:
                     return self._engine.predict(x, None)
                 if x.ndim == 1:
-                    return self._engine.predict(x[None], None)[0]
+                    out1: np.ndarray = self._engine.predict(x[None], None)[0]
+                    return out1
         p = prepare(x, lengths, padding, tokens=self._tokens, width=self._width, vocab=self._vocab)
         return p.finish(self._engine.predict(p.data, p.lengths), self._sequences)
 
