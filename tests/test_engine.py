@@ -111,6 +111,20 @@ def test_batch_forms_agree_bitwise(arch, isa, make_model, rng):
             assert np.array_equal(padded_out[i], alone[i])
 
 
+@pytest.mark.parametrize("arch", ["lstm2_sigmoid", "bidir_concat", "gru_after", "mask_zero"])
+def test_gathered_blocks_agree_bitwise(arch, isa, make_model, rng):
+    """Token models over many time blocks and row groups: the step kernels
+    prefetch the next block's table rows (forward and backward directions),
+    a hint that must change no bit and read only rows of this call."""
+    layers = ARCHS[arch]
+    model = make_model(layers, seed=11, isa=isa)
+    xs = random_inputs(model, rng, 21, max_len=70, zero_frac=_zero_frac(layers))
+    xs[0] = np.concatenate([xs[0], xs[1], xs[2]])[:70]  # at least one sequence spans every block
+    batch = model.predict(list(xs))
+    for i, x in enumerate(xs):
+        assert np.array_equal(batch[i], model.predict(x))
+
+
 @pytest.mark.parametrize("act", HEAD_ACTS)
 def test_head_activations(act, isa, make_model, rng):
     model = make_model([Features(3), GRU(4), Dense(5, act)], seed=1, isa=isa)

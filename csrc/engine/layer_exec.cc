@@ -282,8 +282,31 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   const bool rows_unread = top && m.desc.readout == Readout::kLast && L.dirs() == 1 &&
                            L.residual_from == kNoResidual;
 
+  // The block this unit gathers next (a token-table layer, whole steps, one
+  // shard): its rows are prefetched during this block's steps
+  // (StepArgs::pf_*), a share per step. Without it the gather waits for
+  // each row's cache misses, ~5 % of an LSTM(64) call at batch 64.
+  int64_t pf_begin = 0, pf_end = 0;
+  const int nblocks = static_cast<int>(plan.block_begin.size()) - 1;
+  const int next_block = u.reverse ? u.block - 1 : u.block + 1;
+  if (dw.token_proj.size() != 0 && !projected && !table_rows && slice == nullptr && next_block >= 0 &&
+      next_block < nblocks) {
+    pf_begin = ws.offset[static_cast<size_t>(plan.block_begin[static_cast<size_t>(next_block)])];
+    pf_end = ws.offset[static_cast<size_t>(plan.block_begin[static_cast<size_t>(next_block) + 1])];
+    a.pf_table = dw.token_proj.data();
+    a.pf_stride = static_cast<std::size_t>(GH);
+    a.pf_bytes = static_cast<std::size_t>(GH) * sizeof(float);
+  }
+  const int block_steps = t_end - t_begin;
+
   for (int s = 0; s < t_end - t_begin; ++s) {
     const int t = u.reverse ? t_end - 1 - s : t_begin + s;
+    if (pf_end > pf_begin) {
+      const int64_t lo = pf_begin + (pf_end - pf_begin) * s / block_steps;
+      const int64_t hi_pf = pf_begin + (pf_end - pf_begin) * (s + 1) / block_steps;
+      a.pf_tokens = ws.token.data() + lo;
+      a.pf_rows = static_cast<int>(hi_pf - lo);
+    }
     const int hi = std::min(s1, ws.active[static_cast<size_t>(t)]);
     const int n = hi - s0;
     // Every slice of the previous step is written. The first step's inputs

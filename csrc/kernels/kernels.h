@@ -144,6 +144,16 @@ struct StepArgs {
   // the previous one read last, still in L1: weights a little larger than L1
   // (an LSTM(64): 64 KiB) are then only partly re-read from L2 each step.
   bool tiles_backward = false;
+  // Token-table rows the caller gathers after this step (a hint, no effect on
+  // any result): the multi-row kernels prefetch them a few at a time between
+  // row groups, so the loads overlap the step's arithmetic instead of
+  // stalling the gather that reads them. Row i starts at
+  // pf_table + pf_tokens[i] * pf_stride and is pf_bytes long.
+  const float* pf_table = nullptr;
+  const int32_t* pf_tokens = nullptr;
+  int pf_rows = 0;
+  std::size_t pf_stride = 0;
+  std::size_t pf_bytes = 0;
   // kPairs/kQuads weights: room for the step's activations converted to bf16
   // pairs or quantised to 8 bits, hq_floats_per_row(K) floats per row.
   float* hq = nullptr;

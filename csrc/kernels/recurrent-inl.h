@@ -378,6 +378,15 @@ RNNINFER_INLINE void row_tail(int n, const StepArgs& a, const PackedRec& pw, con
   }
 }
 
+// Hints the cache to fetch [p, p + bytes) (StepArgs::pf_*). A template so
+// that each ISA's translation unit keeps its own copy (no ODR merging of
+// code built for different targets).
+template <Isa I>
+RNNINFER_INLINE void prefetch_row(const float* p, std::size_t bytes) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
+}
+
 // Runs the product of weights pw with rows h (n = a.n rows, stride ld_h) and
 // update(args, r0, tile, acc[R][G]) over every (row group, unit tile); every
 // element gets the same operations whatever its group, tile order or pass.
@@ -405,11 +414,19 @@ inline void for_rows(const StepArgs& a, const PackedRec& pw, const float* h, std
   }
   const bool chunked = pw.k > KC && a.partial != nullptr;
   if (chunked) b.k_begin = ((pw.k - 1) / KC) * KC;
+  // StepArgs::pf_*: spread over the row groups of every tile.
+  int pf = 0;
+  const int groups = (t1 - t0) * (n / RB);
+  const int pf_each = a.pf_rows > 0 && groups > 0 ? (a.pf_rows + groups - 1) / groups : 0;
   for (int i = 0; i < t1 - t0; ++i) {
     const int t = a.tiles_backward ? t1 - 1 - i : t0 + i;
     if (chunked) partial_sums<I, G, RB, T>(pw, t, h, ld_h, n, b.k_begin, a.partial);
     int r = 0;
-    for (; r + RB <= n; r += RB) rows_tiles<I, G, RB, 1, T>(b, pw, h, ld_h, r, t, update);
+    for (; r + RB <= n; r += RB) {
+      for (int e = 0; e < pf_each && pf < a.pf_rows; ++e, ++pf)
+        prefetch_row<I>(a.pf_table + a.pf_tokens[pf] * static_cast<int64_t>(a.pf_stride), a.pf_bytes);
+      rows_tiles<I, G, RB, 1, T>(b, pw, h, ld_h, r, t, update);
+    }
     if (r < n) row_tail<I, G, RB - 1, T>(n - r, b, pw, h, ld_h, r, t, t + 1, update);
   }
 }
