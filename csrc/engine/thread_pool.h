@@ -111,6 +111,13 @@ class StepBarrier {
       long_wait_ns_.fetch_add(static_cast<int64_t>(ns.count()), std::memory_order_relaxed);
     }
   }
+  // Counts this thread in, like wait(), without waiting for the others.
+  void arrive() {
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_release);
+    }
+  }
   // Total time threads spent in long waits (past kProbe spins, ~25 us).
   int64_t long_wait_ns() const { return long_wait_ns_.load(std::memory_order_relaxed); }
 
