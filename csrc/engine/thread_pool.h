@@ -66,6 +66,7 @@ class ThreadPool {
   const FunctionRef<void(int)>* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> active_{0};  // workers inside the current job
+  std::atomic<bool> caller_waits_{false};  // the caller sleeps on done_ (its spin ran out)
   bool open_ = false;            // guarded by mu_: the current job may still be joined
   bool stop_ = false;
   std::vector<std::thread> workers_;
