@@ -433,6 +433,17 @@ ScheduleStats::Field Executor::run_split(Workspace& ws, const Plan& plan) const 
     int from;
     if (tid == 0) {
       const auto until = std::chrono::steady_clock::now() + kJoinWait;
+      // The caller loads every layer's starting state, whole, while the
+      // workers are still joining (it would only spin meanwhile). The release
+      // of split_from below hands these rows to the workers, together with
+      // every unit the caller runs alone: the first split unit and the first
+      // step of each layer then need no barrier (a one-token feed crosses
+      // one step barrier, between its layers). A unit run alone loads its
+      // state again: the same values, before any of its steps.
+      for (int i = 0; i < U; ++i) {
+        const Unit& u = plan.units[static_cast<size_t>(i)];
+        if (u.kind == Unit::Kind::kDirection && u.first) init_state(m_, ws, plan, u, nullptr);
+      }
       while (arrived.load(std::memory_order_acquire) < n - 1 && std::chrono::steady_clock::now() < until)
         cpu_relax();
       from = std::min(ws.min_alone_units, U);
@@ -445,24 +456,23 @@ ScheduleStats::Field Executor::run_split(Workspace& ws, const Plan& plan) const 
       while ((from = split_from.load(std::memory_order_acquire)) < 0) cpu_relax();
     }
     if (from >= U) return;
-    // Each thread loads its slice of every starting state still to come
-    // before the first barrier below, which then fences them all: the first
-    // step of a layer needs no barrier of its own (a one-token feed crosses
-    // three barriers instead of five).
     const Slice slice{tid, n, &barrier, true};
     for (int i = from; i < U; ++i) {
       const Unit& u = plan.units[static_cast<size_t>(i)];
-      if (u.kind == Unit::Kind::kDirection && u.first) init_state(m_, ws, plan, u, &slice);
-    }
-    for (int i = from; i < U; ++i) {
-      const Unit& u = plan.units[static_cast<size_t>(i)];
-      barrier.wait();  // the rows a unit reads were written by every thread (or the caller alone)
+      // The rows a unit reads were written by every thread (the first: by the caller, see above).
+      if (i > from) barrier.wait();
       if (u.kind == Unit::Kind::kDirection)
         run_direction(m_, ws, plan, u, tid, &slice);
       else if (tid == 0)
         run_unit(m_, ws, plan, u, 0);
     }
-    barrier.wait();
+    // Only the caller waits for the others to finish (it reads their rows
+    // next); a worker leaves as soon as it is done, and the pool's run()
+    // returns once it has.
+    if (tid == 0)
+      barrier.wait();
+    else
+      barrier.arrive();
   });
   // Threads kept waiting at step barriers for a large part of the call mean
   // another process holds a core: per-step hand-offs then lose to block

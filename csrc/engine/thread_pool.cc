@@ -131,13 +131,17 @@ void ThreadPool::run(FunctionRef<void(int)> fn) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     open_ = false;
+    job_ = nullptr;  // a worker inside the job holds its own copy
   }
   if (!spin_until([this] { return active_.load(std::memory_order_acquire) == 0; }, kCallerSpin)) {
+    // Sequentially consistent with the worker's decrement and check (below):
+    // either the worker sees caller_waits_ and wakes this wait, or this
+    // check sees active_ at zero and never sleeps.
     std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [this] { return active_.load(std::memory_order_acquire) == 0; });
+    caller_waits_.store(true, std::memory_order_seq_cst);
+    done_.wait(lock, [this] { return active_.load(std::memory_order_seq_cst) == 0; });
+    caller_waits_.store(false, std::memory_order_relaxed);
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  job_ = nullptr;
 }
 
 void ThreadPool::worker_main(int index) {
@@ -159,7 +163,11 @@ void ThreadPool::worker_main(int index) {
     const bool moved = avoid_shared_cpu(index);
     (*job)(index);
     if (moved) restore_cpus();
-    if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    // The mutex only when the caller sleeps on done_: it is the line the
+    // caller takes right after its own part, and a worker holding it then
+    // could put the caller to sleep on the futex.
+    if (active_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        caller_waits_.load(std::memory_order_seq_cst)) {
       std::lock_guard<std::mutex> lock(mu_);
       done_.notify_all();
     }

@@ -66,6 +66,7 @@ class ThreadPool {
   const FunctionRef<void(int)>* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> active_{0};  // workers inside the current job
+  std::atomic<bool> caller_waits_{false};  // the caller sleeps on done_ (its spin ran out)
   bool open_ = false;            // guarded by mu_: the current job may still be joined
   bool stop_ = false;
   std::vector<std::thread> workers_;
@@ -109,6 +110,13 @@ class StepBarrier {
     if (late != std::chrono::steady_clock::time_point{}) {
       const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - late);
       long_wait_ns_.fetch_add(static_cast<int64_t>(ns.count()), std::memory_order_relaxed);
+    }
+  }
+  // Counts this thread in, like wait(), without waiting for the others.
+  void arrive() {
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_release);
     }
   }
   // Total time threads spent in long waits (past kProbe spins, ~25 us).
