@@ -34,6 +34,7 @@ import contextlib
 import math
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +69,12 @@ class _Request:
     """One caller's request: its validated input, how to cut its answer out, how to deliver it."""
 
     __slots__ = ("data", "error", "future", "kind", "lens", "lock", "loop", "n", "prepared", "result",
-                 "state", "stream", "t_enqueued", "width", "x")
+                 "state", "steps", "stream", "t_enqueued", "width", "x")
 
-    def __init__(self, kind: str, n: int) -> None:
+    def __init__(self, kind: str, n: int, steps: int) -> None:
         self.kind = kind  # "predict" or "feed"
         self.n = n  # sequences this request adds to a batch
+        self.steps = steps  # time steps over its sequences (what its share of a call costs)
         self.data: np.ndarray | None = None
         self.lens: np.ndarray | None = None
         self.prepared: Prepared | None = None  # how to turn its rows of the output into its answer
@@ -191,6 +193,13 @@ class Batcher:
         self._sleeping = False  # the dispatcher waits on _wake ...
         self._want = 1  # ... until this many sequences are queued
         self._t_last = 0.0  # when the last request was queued
+        # The dispatcher sleeps with nothing queued, no call under way and no wait after a call:
+        # a request may then run in its caller's thread (see _claim).
+        self._idle = False
+        self._inline = False  # a caller's thread holds the engine for its own request
+        # Event loops whose last request ran inline and that have not yet run the requests that
+        # arrived meanwhile (see _await); they send their requests to the dispatcher.
+        self._held: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
         self._running = 0  # sequences in the engine call under way
         self._n_requests = 0
@@ -199,15 +208,19 @@ class Batcher:
         self._n_timeouts = 0
         self._n_errors = 0
         self._n_fallbacks = 0
+        self._n_inline = 0
         self._sizes: collections.Counter[int] = collections.Counter()
         self._waits: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
         self._call_times: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
-        # (sequences, seconds) of recent calls, for the engine's fixed cost per call.
-        # (a ring of sequences and seconds; arrays, not tuples, so that a fit takes microseconds)
+        # (time steps, seconds) of recent calls, for the engine's fixed cost per call and what a
+        # request would cost alone. (A ring of steps and seconds; arrays, not tuples, so that a fit
+        # takes microseconds.)
         self._fit_n = np.zeros(_FIT_SAMPLES)
         self._fit_t = np.zeros(_FIT_SAMPLES)
         self._n_fits = 0
         self._fixed_cost = self._max_delay  # unknown until calls of different sizes were seen
+        # Seconds of a call of s steps ~ cost[0] + cost[1] * max(s, cost[2]); None until the first fit.
+        self._cost: tuple[float, float, float] | None = None
 
         self._thread = threading.Thread(target=self._dispatch_loop, name="rnninfer-batcher", daemon=True)
         self._thread.start()
@@ -251,7 +264,7 @@ class Batcher:
             # One sequence of valid int64 ids (the service's form): what prepare and
             # check_token_range would make of it, in one reduction and one copy. Anything
             # else, or a bad id, takes the general path and its messages.
-            req = _Request("predict", 1)
+            req = _Request("predict", 1, x.size)
             req.data = data = x.reshape(1, -1).copy()  # the caller may reuse x while it waits
             req.width, req.prepared = data.shape[1], Prepared(data, None, True, None)
             return req
@@ -264,7 +277,7 @@ class Batcher:
         if not isinstance(x, (list, tuple)) and np.may_share_memory(data, np.asarray(x)):
             data = data.copy()  # the caller may reuse its array while the request waits
         n, T = int(data.shape[0]), int(data.shape[1])
-        req = _Request("predict", n)
+        req = _Request("predict", n, n * T if p.lengths is None else int(p.lengths.sum()))
         req.data, req.width, req.prepared = data, T, p
         req.lens = p.lengths  # None: every row is full length
         return req
@@ -289,6 +302,58 @@ class Batcher:
                 self._sleeping = False
         if wake:
             self._signal()
+
+    def _claim(self, req: _Request, *, loop: bool) -> bool:
+        """Take the engine for ``req`` in the caller's own thread, if nothing else wants it.
+
+        Only when the dispatcher sleeps with nothing to do (no request queued, no call
+        under way, no wait for callers after a call): handing the request to it would
+        cost two thread wake-ups (there and back) and gather nothing. Requests arriving
+        meanwhile queue without waking the dispatcher; the end of the call wakes it, and
+        they go together in its next call, as they would after a call of the dispatcher.
+
+        ``loop``: the caller is an event loop's thread, which the call blocks: only a
+        request whose call, by the fitted cost, takes at most ``max_delay_ms`` (the
+        wait the Batcher may add to a request anyway) is taken, none before the first
+        fit. A blocking caller waits for its answer whoever runs it: any request.
+        """
+        # Unlocked reads first: a busy Batcher turns requests away here without taking the lock.
+        if not self._idle or self._queued:
+            return False
+        if loop:
+            cost = self._cost
+            if cost is None or cost[0] + cost[1] * max(req.steps, cost[2]) > self._max_delay:
+                return False
+        with self._lock:
+            if not self._idle or self._queued or self._closing:
+                return False
+            self._idle = self._sleeping = False
+            self._inline = True
+            req.state = _STARTED
+            req.t_enqueued = self._t_last = time.perf_counter()
+            self._n_requests += 1
+            self._n_inline += 1
+            self._waits.append(0.0)
+        return True
+
+    def _run_inline(self, req: _Request) -> Any:
+        """Run a request :meth:`_claim` took, here; its answer, or its error raised."""
+        try:
+            if self._run([req], req.n):
+                self._fit()  # while this thread still holds the engine (and the ring)
+        finally:
+            with self._lock:
+                self._inline = False
+                wake = bool(self._queued) or self._closing
+                if not wake:
+                    self._idle = self._sleeping = True
+                    self._want = 1
+            if wake:
+                self._signal()  # what arrived meanwhile goes at once
+        req.state = _DONE
+        if req.error is not None:
+            raise req.error
+        return req.result
 
     def _signal(self) -> None:
         # A lock that is already released means a wake-up is pending: nothing to add.
@@ -340,16 +405,30 @@ class Batcher:
         """
         timeout = _check_timeout(timeout)
         req = self._predict_request(x, lengths, padding)
+        out: np.ndarray
+        if self._claim(req, loop=False):
+            out = self._run_inline(req)
+            return out
         req.lock = threading.Lock()
         req.lock.acquire()
         self._enqueue(req)
-        out: np.ndarray = self._wait(req, timeout)
+        out = self._wait(req, timeout)
         return out
 
     async def _await(self, req: _Request, timeout: float | None) -> Any:
         import asyncio
 
         loop = asyncio.get_running_loop()
+        if loop not in self._held and self._claim(req, loop=True):
+            # The loop is blocked for this call (at most about max_delay_ms); requests that
+            # reached its sockets meanwhile are read once it is over, and a Batcher idle again
+            # would run them one by one, here, each blocking the loop for the next: held, the
+            # loop sends them to the dispatcher until it has run three rounds of callbacks,
+            # the third after the tasks of what was read in the first (so they are queued
+            # together). An idle loop runs the three rounds in microseconds.
+            self._held.add(loop)
+            loop.call_soon(self._unhold, loop, 2)
+            return self._run_inline(req)
         req.loop = loop
         req.future = fut = loop.create_future()
         self._enqueue(req)
@@ -370,6 +449,12 @@ class Batcher:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _unhold(self, loop: asyncio.AbstractEventLoop, rounds: int) -> None:
+        if rounds:
+            loop.call_soon(self._unhold, loop, rounds - 1)
+        else:
+            self._held.discard(loop)
 
     async def predict_async(self, x: ArrayLike, *, lengths: ArrayLike | None = None,
                             padding: str = "post", timeout: float | None = None) -> np.ndarray:
@@ -397,10 +482,14 @@ class Batcher:
         """
         timeout = _check_timeout(timeout)
         req = self._feed_request(stream, x)
+        out: np.ndarray
+        if self._claim(req, loop=False):
+            out = self._run_inline(req)
+            return out
         req.lock = threading.Lock()
         req.lock.acquire()
         self._enqueue(req)
-        out: np.ndarray = self._wait(req, timeout)
+        out = self._wait(req, timeout)
         return out
 
     async def feed_async(self, stream: Any, x: ArrayLike, *, timeout: float | None = None) -> np.ndarray:
@@ -426,7 +515,7 @@ class Batcher:
                 t = int(np.argmax(row == bad))
                 raise ValueError(f"feed: token id {bad} at step {t} is out of range "
                                  f"for the vocabulary [0, {self._vocab})")
-        req = _Request("feed", 1)
+        req = _Request("feed", 1, len(row))
         req.stream, req.x = stream, row
         return req
 
@@ -480,7 +569,7 @@ class Batcher:
         while True:
             sleep: float | None = None
             with self._lock:
-                self._sleeping = False
+                self._sleeping = self._idle = False
                 if want and self._queued_seqs < want and not self._closing:
                     # Wait while requests keep coming: until a pause in arrivals, at most
                     # until the deadline (see the module's docstring).
@@ -493,11 +582,16 @@ class Batcher:
                         want = 0
                 if sleep is None:
                     # Dropped requests may still sit in the deques; _queued counts live ones.
-                    if self._queued == 0:
+                    if self._inline:
+                        # A caller runs its own request (_claim); the end of its call wakes
+                        # this thread if anything is queued by then (or close() was called).
+                        want = 0
+                        sleep = -1.0
+                    elif self._queued == 0:
                         if self._closing:
                             return
                         want = 0  # the engine is idle: the next request goes at once
-                        self._want, self._sleeping = 1, True
+                        self._want, self._sleeping, self._idle = 1, True, True
                         sleep = -1.0  # until woken
                     else:
                         batch = self._take()
@@ -507,7 +601,10 @@ class Batcher:
             if not batch:
                 continue
             n = sum(r.n for r in batch)
-            self._run(batch, n)
+            refit = self._run(batch, n)
+            self._deliver(batch)
+            if refit:  # after the answers are out
+                self._fit()
             t_end = time.perf_counter()
             with self._lock:
                 # Requests queued during the call go at once: waiting for more would hold them
@@ -519,7 +616,8 @@ class Batcher:
             deadline = t_end + self._max_delay
             pause = min(self._max_delay, max(self._fixed_cost, _MIN_PAUSE))
 
-    def _run(self, batch: list[_Request], n: int) -> None:
+    def _run(self, batch: list[_Request], n: int) -> bool:
+        """Run one call (the caller holds the engine) and count it; True when a refit is due."""
         t0 = time.perf_counter()
         self._running = n
         runner = self._run_predict if batch[0].kind == "predict" else self._run_feed
@@ -552,15 +650,18 @@ class Batcher:
             refit = False
             if calls == 1:
                 i = self._n_fits % _FIT_SAMPLES
-                self._fit_n[i], self._fit_t[i] = n, elapsed
+                self._fit_n[i], self._fit_t[i] = sum(r.steps for r in batch), elapsed
                 self._n_fits += 1
                 refit = self._n_calls % _FIT_EVERY == 0
-        self._deliver(batch)
-        if refit:  # after the answers are out (only this thread reads the ring)
-            self._fixed_cost = self._fit_fixed_cost()
+        return refit
 
-    def _fit_fixed_cost(self) -> float:
-        """The intercept of call time against sequences per call (least squares), in seconds."""
+    def _fit(self) -> None:
+        """Fit call time against time steps per call (least squares): the fixed cost per call
+        (its intercept) and what a call of s steps costs.
+
+        Called by the thread that holds the engine (the dispatcher before it takes the next
+        batch, a caller before it gives its inline call back), so the ring does not change.
+        """
         # The closed form, a few times faster than np.polyfit: this thread holds the GIL
         # meanwhile, and the callers just answered need it.
         k = min(self._n_fits, _FIT_SAMPLES)
@@ -568,10 +669,16 @@ class Batcher:
         dn = n - n.mean()
         var = float(dn @ dn)
         if var == 0:
-            return self._fixed_cost  # one size only: nothing to fit
+            # One size only (e.g. one client sending alike requests): no line, and no fixed
+            # cost to read off; a call of that size costs about the median, and a call of
+            # fewer steps is counted as costing as much (an over-estimate, never an under-).
+            if n[0] > 0:
+                self._cost = (0.0, float(np.median(t)) / float(n[0]), float(n[0]))
+            return
         slope = float(dn @ (t - t.mean())) / var
         intercept = float(t.mean()) - slope * float(n.mean())
-        return min(max(intercept, 0.0), self._max_delay)
+        self._fixed_cost = min(max(intercept, 0.0), self._max_delay)
+        self._cost = (max(intercept, 0.0), max(slope, 0.0), 0.0)
 
     def _deliver(self, batch: list[_Request]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
@@ -646,7 +753,9 @@ class Batcher:
             (:class:`Overloaded`), ``timeouts`` (dropped before starting),
             ``errors`` (requests answered with an error by the engine),
             ``fallbacks`` (merged calls that failed and were re-run one request
-            at a time), ``queue_depth``, ``running`` (sequences in the engine
+            at a time), ``inline_calls`` (engine calls an idle Batcher let a
+            caller run in its own thread; counted in ``engine_calls`` too),
+            ``queue_depth``, ``running`` (sequences in the engine
             call under way), ``batch_sizes`` (sequences per
             engine call -> number of calls), ``mean_batch``, ``queue_wait`` and
             ``call_latency`` (``p50_ms``, ``p99_ms`` over the last 8192), and
@@ -664,6 +773,7 @@ class Batcher:
                 "timeouts": self._n_timeouts,
                 "errors": self._n_errors,
                 "fallbacks": self._n_fallbacks,
+                "inline_calls": self._n_inline,
                 "queue_depth": self._queued,
                 "running": self._running,
             }
