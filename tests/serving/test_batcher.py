@@ -686,3 +686,167 @@ def test_pre_padded_requests_merge_and_get_predicts_bits(gate: Any, rng: np.rand
         assert _same(box["result"], model.predict(x, lengths=lens, padding="pre"))
     with rnninfer.Batcher(model) as b, pytest.raises(ValueError, match="sequence 0, step 4"):
         b.predict(np.array([[1, 2, 3, 4, 99]]), lengths=[2], padding="pre")
+
+
+# ---- the idle Batcher's inline path ------------------------------------------------------------
+def _hold_calls(b: rnninfer.Batcher, n: int) -> list[tuple[threading.Event, threading.Event, list[Any]]]:
+    """Hold the Batcher's first ``n`` predict calls, each until its own event is set.
+
+    Returns, per call: (entered, release, [the thread that ran it]).
+    """
+    holds = [(threading.Event(), threading.Event(), []) for _ in range(n)]
+    count = [0]
+    original = b._run_predict
+
+    def held(batch: list[Any]) -> None:
+        k = count[0]
+        count[0] += 1
+        if k < n:
+            entered, release, thread = holds[k]
+            thread.append(threading.current_thread())
+            entered.set()
+            release.wait(WAIT)
+        original(batch)
+
+    b._run_predict = held  # type: ignore[method-assign]
+    return holds
+
+
+def test_an_idle_batcher_runs_a_lone_request_in_its_callers_thread() -> None:
+    model = MODELS["tokens-seq"]
+    with rnninfer.Batcher(model) as b:
+        threads: list[threading.Thread] = []
+        original = b._run_predict
+
+        def spy(batch: list[Any]) -> None:
+            threads.append(threading.current_thread())
+            original(batch)
+
+        b._run_predict = spy  # type: ignore[method-assign]
+        for i in range(6):
+            x = [[i + 1, 2, 3], [4, 5]] if i % 2 else [i + 1, 0, 7]
+            assert _same(b.predict(x), model.predict(x))
+        assert _same(b.feed(model.stream(), [1, 2]), model.stream().feed([1, 2]))
+        stats = b.stats()
+    assert threads == [threading.current_thread()] * 6  # never the dispatcher's thread
+    assert stats["inline_calls"] == stats["engine_calls"] == stats["requests"] == 7
+    assert stats["batch_sizes"] == {1: 4, 2: 3}
+
+
+def test_requests_arriving_during_an_inline_call_go_together_right_after_it() -> None:
+    model = MODELS["tokens-last"]
+    with rnninfer.Batcher(model, max_delay_ms=3000) as b:
+        (entered, release, thread), = _hold_calls(b, 1)
+        first = _start(lambda: b.predict([1, 2]))
+        assert entered.wait(WAIT)
+        assert thread == [first[0]]  # the caller's own thread holds the engine
+        late = [_start(lambda i=i: b.predict([i + 3, 4])) for i in range(5)]
+        _until(lambda: b.queue_depth == 5)  # queued, not run inline beside the call under way
+        assert b.stats()["inline_calls"] == 1
+        t0 = time.perf_counter()
+        release.set()
+        for t, _ in late:
+            t.join(WAIT)
+        assert time.perf_counter() - t0 < 1.5  # dispatched when the inline call ended, no wait
+        first[0].join(WAIT)
+        stats = b.stats()
+    assert _same(first[1]["result"], model.predict([1, 2]))
+    for i, (_, box) in enumerate(late):
+        assert _same(box["result"], model.predict([i + 3, 4]))
+    assert stats["batch_sizes"] == {1: 1, 5: 1}
+    assert stats["inline_calls"] == 1
+
+
+def test_no_inline_call_while_the_dispatcher_has_a_call_or_waits_for_its_callers() -> None:
+    model = MODELS["tokens-last"]
+    with rnninfer.Batcher(model, max_delay_ms=3000) as b:
+        (e0, r0, t0), (e1, r1, t1) = _hold_calls(b, 2)
+        a = _start(lambda: b.predict([1]))  # inline, held
+        assert e0.wait(WAIT)
+        assert t0 == [a[0]]
+        c = _start(lambda: b.predict([2]))
+        _until(lambda: b.queue_depth == 1)
+        r0.set()  # the dispatcher takes the queued request and is held in its call
+        assert e1.wait(WAIT)
+        assert t1 == [b._thread]
+        # The engine is busy with the dispatcher's call: a blocking caller and a coroutine queue.
+        d = _start(lambda: b.predict([3]))
+        e = _start(lambda: asyncio.run(b.predict_async([4])))
+        _until(lambda: b.queue_depth == 2)
+        assert b.stats()["inline_calls"] == 1
+        r1.set()
+        for t, _ in (a, c, d, e):
+            t.join(WAIT)
+        # After that call of two the dispatcher waits for its two callers to come back: what
+        # comes meanwhile is queued for the call it waits to make, not run inline.
+        f = _start(lambda: b.predict([5]))
+        g = _start(lambda: b.predict([6]))
+        for t, _ in (f, g):
+            t.join(WAIT)
+        stats = b.stats()
+    for k, (_, box) in enumerate((a, c, d, e, f, g)):
+        assert _same(box["result"], model.predict([k + 1]))
+    assert stats["inline_calls"] == 1
+    assert stats["batch_sizes"] == {1: 2, 2: 2}
+
+
+def test_an_event_loop_runs_cheap_requests_inline_once_the_cost_is_fitted(rng: np.random.Generator) -> None:
+    model = MODELS["tokens-seq"]
+    xs = [rng.integers(0, 60, size=int(rng.integers(1, 20))) for _ in range(100)]
+
+    async def main(b: rnninfer.Batcher) -> list[np.ndarray]:
+        out = []
+        for x in xs:
+            out.append(await b.predict_async(x))
+            await asyncio.sleep(0.0005)  # a client's round trip: the loop runs its other callbacks
+        return out
+
+    with rnninfer.Batcher(model, max_delay_ms=5) as b:
+        got = asyncio.run(main(b))
+        stats = b.stats()
+    assert all(_same(g, model.predict(x)) for g, x in zip(got, xs))
+    # None before the first fit of the cost (after 32 calls), then every one (a tiny model's
+    # call is far below max_delay_ms).
+    assert stats["inline_calls"] == len(xs) - 32
+
+
+def test_an_event_loop_sends_what_arrived_during_its_inline_call_to_the_dispatcher(
+    rng: np.random.Generator,
+) -> None:
+    model = MODELS["tokens-last"]
+    xs = [rng.integers(0, 60, size=int(rng.integers(1, 20))) for _ in range(24)]
+
+    async def main(b: rnninfer.Batcher) -> list[np.ndarray]:
+        return list(await asyncio.gather(*(b.predict_async(x) for x in xs)))
+
+    with rnninfer.Batcher(model, max_delay_ms=5) as b:
+        for x in xs * 2:
+            b.predict(x)  # 48 calls: the cost is fitted
+        before = b.stats()
+        got = asyncio.run(main(b))
+        stats = b.stats()
+    assert all(_same(g, model.predict(x)) for g, x in zip(got, xs))
+    # The gathered requests all reach predict_async in one round of the loop: the first runs
+    # inline, the others find the loop held and go to the dispatcher, gathered (not one inline
+    # call after another, each blocking the loop).
+    assert stats["inline_calls"] - before["inline_calls"] == 1
+    assert stats["engine_calls"] - before["engine_calls"] <= 4
+
+
+def test_an_inline_calls_engine_error_reaches_its_caller_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = MODELS["tokens-last"]
+    real = model.predict
+
+    def picky(x: Any, *, lengths: Any = None) -> np.ndarray:
+        if 13 in np.asarray(x):
+            raise ValueError("token 13 refused")
+        return real(x, lengths=lengths)
+
+    monkeypatch.setattr(model, "predict", picky)
+    with rnninfer.Batcher(model) as b:
+        with pytest.raises(ValueError, match="13"):
+            b.predict([4, 13])
+        assert _same(b.predict([4, 12]), real([4, 12]))
+        stats = b.stats()
+    assert stats["inline_calls"] == 2
+    assert stats["errors"] == 1
