@@ -23,7 +23,13 @@ idle the engine for more than one extra call costs), and never waits longer
 than ``max_delay_ms``. A request therefore waits at most for the call in
 flight, plus ``max_delay_ms``, plus its own call.
 
-Length (about 630 lines): one class, the queue, its lock and the dispatcher
+When the dispatcher sleeps with nothing to do, a request gathers nothing by
+going through it and the hop there and back costs two thread wake-ups: the
+caller's thread makes the call itself (see ``_claim``; an event loop's
+thread only for cheap calls, see ``_await``), and what arrives meanwhile is
+queued for the dispatcher's next call.
+
+Length (about 780 lines): one class, the queue, its lock and the dispatcher
 that share them; split, the locking rules would be spread over modules.
 """
 
