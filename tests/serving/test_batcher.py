@@ -330,17 +330,18 @@ def test_a_failing_merged_call_falls_back_to_one_by_one(
 ) -> None:
     model = MODELS["tokens-last"]
     real = model.predict
+    engine = model._predict_prepared
 
-    def picky(x: Any, *, lengths: Any = None) -> np.ndarray:
+    def picky(data: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
         # An engine-side refusal the per-request checks cannot see: any batch holding token 13.
-        data = np.asarray(x)
         if lengths is not None:
-            data = np.where(np.arange(data.shape[1])[None, :] < np.asarray(lengths)[:, None], data, 0)
+            data = np.where(np.arange(data.shape[1])[None, :] < lengths[:, None], data, 0)
         if (data == 13).any():
             raise ValueError("token 13 refused")
-        return real(x, lengths=lengths)
+        return engine(data, lengths)
 
-    monkeypatch.setattr(model, "predict", picky)
+    # The Batcher runs checked (and merged) requests with Model._predict_prepared.
+    monkeypatch.setattr(model, "_predict_prepared", picky)
     xs = [[1, 2, 3], [4, 13], [5], [[6, 7], [13, 1]], [8, 9, 10, 11]]
     with rnninfer.Batcher(model) as b:
         _, started = _queue_behind_a_held_call(
@@ -389,12 +390,13 @@ def test_timeout_drops_a_request_that_has_not_started(
     model = MODELS["tokens-last"]
     seen: list[int] = []
     real = model.predict
+    engine = model._predict_prepared
 
-    def counting(x: Any, *, lengths: Any = None) -> np.ndarray:
-        seen.append(int(np.asarray(x).shape[0]) if np.asarray(x).ndim == 2 else 1)
-        return real(x, lengths=lengths)
+    def counting(data: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        seen.append(data.shape[0])
+        return engine(data, lengths)
 
-    monkeypatch.setattr(model, "predict", counting)
+    monkeypatch.setattr(model, "_predict_prepared", counting)
     with rnninfer.Batcher(model) as b:
         release = gate(b)
         first = _start(lambda: b.predict([1, 2], timeout=0.05))  # starts, then is held
@@ -836,13 +838,14 @@ def test_an_event_loop_sends_what_arrived_during_its_inline_call_to_the_dispatch
 def test_an_inline_calls_engine_error_reaches_its_caller_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     model = MODELS["tokens-last"]
     real = model.predict
+    engine = model._predict_prepared
 
-    def picky(x: Any, *, lengths: Any = None) -> np.ndarray:
-        if 13 in np.asarray(x):
+    def picky(data: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        if 13 in data:
             raise ValueError("token 13 refused")
-        return real(x, lengths=lengths)
+        return engine(data, lengths)
 
-    monkeypatch.setattr(model, "predict", picky)
+    monkeypatch.setattr(model, "_predict_prepared", picky)
     with rnninfer.Batcher(model) as b:
         with pytest.raises(ValueError, match="13"):
             b.predict([4, 13])

@@ -704,7 +704,8 @@ class Batcher:
         model = self._model
         if len(batch) == 1:
             r = batch[0]
-            out = model.predict(r.data) if r.lens is None else model.predict(r.data, lengths=r.lens)
+            # Checked when it was queued (in the engine's form): not normalised again.
+            out = model._predict_prepared(r.data, r.lens)  # type: ignore[arg-type]
             r.result = r.prepared.finish(out, self._sequences)  # type: ignore[union-attr]
             return
         total = sum(r.n for r in batch)
@@ -717,7 +718,7 @@ class Batcher:
             data[s:s + r.n, :r.width] = r.data
             lens[s:s + r.n] = r.width if r.lens is None else r.lens
             s += r.n
-        out = model.predict(data, lengths=lens)
+        out = model._predict_prepared(data, lens)
         s = 0
         for r in batch:
             part = out[s:s + r.n]
