@@ -800,7 +800,6 @@ def test_an_event_loop_runs_cheap_requests_inline_once_the_cost_is_fitted(rng: n
         out = []
         for x in xs:
             out.append(await b.predict_async(x))
-            await asyncio.sleep(0.0005)  # a client's round trip: the loop runs its other callbacks
         return out
 
     with rnninfer.Batcher(model, max_delay_ms=5) as b:
@@ -812,7 +811,7 @@ def test_an_event_loop_runs_cheap_requests_inline_once_the_cost_is_fitted(rng: n
     assert stats["inline_calls"] == len(xs) - 32
 
 
-def test_an_event_loop_sends_what_arrived_during_its_inline_call_to_the_dispatcher(
+def test_requests_an_event_loop_makes_in_one_round_go_to_the_dispatcher_together(
     rng: np.random.Generator,
 ) -> None:
     model = MODELS["tokens-last"]
@@ -828,11 +827,39 @@ def test_an_event_loop_sends_what_arrived_during_its_inline_call_to_the_dispatch
         got = asyncio.run(main(b))
         stats = b.stats()
     assert all(_same(g, model.predict(x)) for g, x in zip(got, xs))
-    # The gathered requests all reach predict_async in one round of the loop: the first runs
-    # inline, the others find the loop held and go to the dispatcher, gathered (not one inline
-    # call after another, each blocking the loop).
-    assert stats["inline_calls"] - before["inline_calls"] == 1
-    assert stats["engine_calls"] - before["engine_calls"] <= 4
+    # The gathered requests reach predict_async in one round of the loop's callbacks (as the
+    # requests a server reads at once do): one call of all, not one inline call after another,
+    # each blocking the loop.
+    assert stats["inline_calls"] == before["inline_calls"]
+    assert stats["engine_calls"] - before["engine_calls"] == 1
+    assert stats["batch_sizes"][len(xs)] == 1
+
+
+def test_a_gathered_request_can_be_cancelled_and_an_inline_one_starts_at_once() -> None:
+    model = MODELS["tokens-last"]
+
+    async def main(b: rnninfer.Batcher) -> None:
+        task = asyncio.create_task(b.predict_async([1, 2]))
+        other = asyncio.create_task(b.predict_async([3]))
+        await asyncio.sleep(0)  # both made their requests in this round, then one is cancelled
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _same(await other, model.predict([3]))
+        # timeout= drops a request that has not started; on an idle Batcher it starts at once.
+        assert _same(await b.predict_async([4], timeout=0), model.predict([4]))
+        assert _same(b.predict([5], timeout=0), model.predict([5]))
+
+    with rnninfer.Batcher(model) as b:
+        for i in range(32):
+            b.predict([i % 50 + 1] * (i % 3 + 1))  # the cost is fitted
+        before = b.stats()
+        asyncio.run(main(b))
+        stats = b.stats()
+    assert stats["inline_calls"] - before["inline_calls"] == 3  # [3] alone, [4], [5]
+    assert stats["requests"] - before["requests"] == 4
+    assert stats["timeouts"] == 1
+    assert stats["queue_depth"] == 0
 
 
 def test_an_inline_calls_engine_error_reaches_its_caller_alone(monkeypatch: pytest.MonkeyPatch) -> None:

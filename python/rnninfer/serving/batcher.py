@@ -40,7 +40,6 @@ import contextlib
 import math
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +60,7 @@ _FIT_EVERY = 32
 #: that callers coming back one after another are not mistaken for a pause.
 _MIN_PAUSE = 1e-4
 
-_QUEUED, _STARTED, _DONE, _DROPPED = range(4)
+_QUEUED, _STARTED, _DONE, _DROPPED, _GATHERED = range(5)
 
 
 class Overloaded(RuntimeError):
@@ -203,9 +202,10 @@ class Batcher:
         # a request may then run in its caller's thread (see _claim).
         self._idle = False
         self._inline = False  # a caller's thread holds the engine for its own request
-        # Event loops whose last request ran inline and that have not yet run the requests that
-        # arrived meanwhile (see _await); they send their requests to the dispatcher.
-        self._held: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        # Per thread, (its running event loop, the requests that loop made in this round of its
+        # callbacks while the Batcher was idle), see _await. Thread-local: a loop runs on one
+        # thread, and a dict keyed by loops (weak references) would cost microseconds a request.
+        self._gathering = threading.local()
 
         self._running = 0  # sequences in the engine call under way
         self._n_requests = 0
@@ -309,7 +309,7 @@ class Batcher:
         if wake:
             self._signal()
 
-    def _claim(self, req: _Request, *, loop: bool) -> bool:
+    def _claim(self, req: _Request) -> bool:
         """Take the engine for ``req`` in the caller's own thread, if nothing else wants it.
 
         Only when the dispatcher sleeps with nothing to do (no request queued, no call
@@ -317,19 +317,12 @@ class Batcher:
         cost two thread wake-ups (there and back) and gather nothing. Requests arriving
         meanwhile queue without waking the dispatcher; the end of the call wakes it, and
         they go together in its next call, as they would after a call of the dispatcher.
-
-        ``loop``: the caller is an event loop's thread, which the call blocks: only a
-        request whose call, by the fitted cost, takes at most ``max_delay_ms`` (the
-        wait the Batcher may add to a request anyway) is taken, none before the first
-        fit. A blocking caller waits for its answer whoever runs it: any request.
+        A blocking caller waits for its answer whoever runs it: any request is taken. An
+        event loop's thread is blocked by the call: see ``_await`` for which it takes.
         """
         # Unlocked reads first: a busy Batcher turns requests away here without taking the lock.
         if not self._idle or self._queued:
             return False
-        if loop:
-            cost = self._cost
-            if cost is None or cost[0] + cost[1] * max(req.steps, cost[2]) > self._max_delay:
-                return False
         with self._lock:
             if not self._idle or self._queued or self._closing:
                 return False
@@ -342,8 +335,8 @@ class Batcher:
             self._waits.append(0.0)
         return True
 
-    def _run_inline(self, req: _Request) -> Any:
-        """Run a request :meth:`_claim` took, here; its answer, or its error raised."""
+    def _run_inline(self, req: _Request) -> None:
+        """Run a request :meth:`_claim` took, here (its answer or its error goes in ``req``)."""
         try:
             if self._run([req], req.n):
                 self._fit()  # while this thread still holds the engine (and the ring)
@@ -357,9 +350,6 @@ class Batcher:
             if wake:
                 self._signal()  # what arrived meanwhile goes at once
         req.state = _DONE
-        if req.error is not None:
-            raise req.error
-        return req.result
 
     def _signal(self) -> None:
         # A lock that is already released means a wake-up is pending: nothing to add.
@@ -369,6 +359,11 @@ class Batcher:
     def _drop(self, req: _Request) -> bool:
         """Drop a request that has not started; False when it already runs (or ran)."""
         with self._lock:
+            if req.state == _GATHERED:  # not queued yet (see _await): nothing to take back
+                req.state = _DROPPED
+                self._n_requests += 1
+                self._n_timeouts += 1
+                return True
             if req.state != _QUEUED:
                 return False
             req.state = _DROPPED
@@ -412,8 +407,11 @@ class Batcher:
         timeout = _check_timeout(timeout)
         req = self._predict_request(x, lengths, padding)
         out: np.ndarray
-        if self._claim(req, loop=False):
-            out = self._run_inline(req)
+        if self._claim(req):
+            self._run_inline(req)
+            if req.error is not None:
+                raise req.error
+            out = req.result
             return out
         req.lock = threading.Lock()
         req.lock.acquire()
@@ -425,19 +423,26 @@ class Batcher:
         import asyncio
 
         loop = asyncio.get_running_loop()
-        if loop not in self._held and self._claim(req, loop=True):
-            # The loop is blocked for this call (at most about max_delay_ms); requests that
-            # reached its sockets meanwhile are read once it is over, and a Batcher idle again
-            # would run them one by one, here, each blocking the loop for the next: held, the
-            # loop sends them to the dispatcher until it has run three rounds of callbacks,
-            # the third after the tasks of what was read in the first (so they are queued
-            # together). An idle loop runs the three rounds in microseconds.
-            self._held.add(loop)
-            loop.call_soon(self._unhold, loop, 2)
-            return self._run_inline(req)
         req.loop = loop
         req.future = fut = loop.create_future()
-        self._enqueue(req)
+        gathering: tuple[asyncio.AbstractEventLoop, list[_Request]] | None = getattr(
+            self._gathering, "group", None)
+        if gathering is not None and gathering[0] is loop:  # (another loop's: left by a dead loop)
+            req.state = _GATHERED
+            gathering[1].append(req)
+        elif self._idle and not self._queued and self._cheap(req):
+            # The Batcher is idle: this request may run inline, on this thread. Not at once:
+            # requests that reached the loop's sockets while it was blocked (by a call like
+            # this one) are read together, and their tasks make their requests in one round
+            # of the loop's callbacks; run one by one, each would block the loop for the
+            # next. So the requests of this round are gathered, and the next round runs a
+            # lone one inline and queues several together (_start_gathered).
+            req.state = _GATHERED
+            group = [req]
+            self._gathering.group = (loop, group)
+            loop.call_soon(self._start_gathered, group)
+        else:
+            self._enqueue(req)
         timer = None
         if timeout is not None:
             # A timer on the loop, not wait_for: no extra task per request.
@@ -456,11 +461,29 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    def _unhold(self, loop: asyncio.AbstractEventLoop, rounds: int) -> None:
-        if rounds:
-            loop.call_soon(self._unhold, loop, rounds - 1)
-        else:
-            self._held.discard(loop)
+    def _cheap(self, req: _Request) -> bool:
+        """An event loop may run ``req`` inline: its call takes at most ``max_delay_ms`` by the
+        fitted cost (the wait the Batcher may add to a request anyway); not before the first fit."""
+        cost = self._cost
+        return cost is not None and cost[0] + cost[1] * max(req.steps, cost[2]) <= self._max_delay
+
+    def _start_gathered(self, gathered: list[_Request]) -> None:
+        """Run the request one round of an event loop's callbacks made inline, or queue its requests."""
+        self._gathering.group = None
+        # Leave out cancelled ones (their task's _drop, still to run, counts them).
+        group = [r for r in gathered if r.state == _GATHERED and not r.future.done()]  # type: ignore[union-attr]
+        for r in group:
+            r.state = _QUEUED
+        if len(group) == 1 and self._claim(group[0]):
+            self._run_inline(group[0])
+            _resolve(group)
+            return
+        for r in group:
+            try:
+                self._enqueue(r)
+            except (Overloaded, RuntimeError) as e:
+                if r.future is not None and not r.future.done():
+                    r.future.set_exception(e)
 
     async def predict_async(self, x: ArrayLike, *, lengths: ArrayLike | None = None,
                             padding: str = "post", timeout: float | None = None) -> np.ndarray:
@@ -489,8 +512,11 @@ class Batcher:
         timeout = _check_timeout(timeout)
         req = self._feed_request(stream, x)
         out: np.ndarray
-        if self._claim(req, loop=False):
-            out = self._run_inline(req)
+        if self._claim(req):
+            self._run_inline(req)
+            if req.error is not None:
+                raise req.error
+            out = req.result
             return out
         req.lock = threading.Lock()
         req.lock.acquire()
