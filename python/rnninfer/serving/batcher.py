@@ -26,8 +26,9 @@ flight, plus ``max_delay_ms``, plus its own call.
 When the dispatcher sleeps with nothing to do, a request gathers nothing by
 going through it and the hop there and back costs two thread wake-ups: the
 caller's thread makes the call itself (see ``_claim``; an event loop's
-thread only for cheap calls, see ``_await``), and what arrives meanwhile is
-queued for the dispatcher's next call.
+thread only for a cheap call that is alone in its round of the loop, see
+``_await``), and what arrives meanwhile is queued for the dispatcher's next
+call.
 
 Length (about 780 lines): one class, the queue, its lock and the dispatcher
 that share them; split, the locking rules would be spread over modules.
