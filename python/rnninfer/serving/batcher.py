@@ -141,7 +141,9 @@ class Batcher:
     Every answer is exactly what ``model.predict(x)`` (or ``stream.feed(x)``)
     gives for that request alone: same shape, same bits. Use it from many
     threads (:meth:`predict`) or asyncio tasks (:meth:`predict_async`); close
-    it with :meth:`close` or a ``with`` block.
+    it with :meth:`close` or a ``with`` block. When it is idle, a request
+    runs in its caller's thread, without the hop to the dispatcher and back
+    (an event loop's only if the call is cheap; see docs/serving.md).
 
     Example::
 
@@ -161,7 +163,9 @@ class Batcher:
             max_delay_ms: the longest the dispatcher waits for more requests
                 right after a call before it dispatches what is queued (it
                 waits less when the engine's fixed cost per call is lower,
-                and never when the engine has been idle).
+                and never when the engine has been idle); also the longest
+                call, by the fitted cost, that an event loop's thread makes
+                itself on an idle Batcher.
             max_queue: most requests waiting to start; beyond it a request
                 raises :class:`Overloaded` at once.
 
