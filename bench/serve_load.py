@@ -22,7 +22,7 @@ per point, a hard timeout on every subprocess) and stops by itself.
 
     python bench/serve_load.py --duration 1 --threads 2              # a short check, writes nothing
     python bench/serve_load.py --out bench/results/serve_load         # the full run: .json .md .png
-    python bench/serve_load.py --http-only --servers batching --concurrency 1 --modes closed  # one point
+    python bench/serve_load.py --http-only --servers bare,batching --concurrency 1 --modes closed  # c=1 vs bare uvicorn
     python bench/serve_load.py --in-process-only --skip-direct        # the Batcher against its ceiling
 """
 
@@ -47,8 +47,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = (1, 8, 64)
-#: --servers: rnninfer serve with batching, the same with --max-batch 1, the PyTorch reference.
-SERVERS = ("batching", "batch1", "torch")
+#: --servers: a bare uvicorn app (concurrency 1 only: what the HTTP stack alone costs), rnninfer
+#: serve with batching, the same with --max-batch 1, the PyTorch reference.
+SERVERS = ("bare", "batching", "batch1", "torch")
 
 
 # ---- the load generator (runs in its own process) -----------------------------------------------
@@ -221,6 +222,37 @@ def client_main(spec_json: str) -> None:
 
 
 # ---- servers ---------------------------------------------------------------------------------
+def bare_main() -> None:
+    """A trivial ASGI app under uvicorn with ``rnninfer serve``'s settings: reads the body, answers a
+    fixed JSON body of the headline model's size. Its round trip is the part of the service's
+    overhead that is the HTTP stack and the client, not rnninfer."""
+    import socket
+
+    import uvicorn
+
+    from rnninfer.serving.service import _uvicorn_config
+
+    reply = b'{"outputs":[0.4985196590423584]}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(reply))]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": reply})
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    print(f"bare uvicorn: listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    uvicorn.Server(_uvicorn_config(app, 5.0)).run(sockets=[sock])
+
+
 class _Server:
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.name = name
@@ -280,11 +312,24 @@ def _predict1_times(model: Any, seqs: list[np.ndarray], seconds: float, gap: flo
     return ts
 
 
+def _inline_counts(url: str) -> tuple[float, float]:
+    """The server's engine calls and the inline ones among them (its /metrics)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return float(values["rnninfer_engine_calls_total"]), float(values["rnninfer_inline_calls_total"])
+
+
 def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace,
                     predict1: Any) -> list[dict[str, Any]]:
     points = []
+    bare = server.name == "bare uvicorn"
     for c in args.concurrency:
         for mode in args.modes:
+            if bare and (c != 1 or mode != "closed"):
+                continue
             rate = 0.0
             if mode == "open":
                 closed = next((p for p in points if p["concurrency"] == c and p["mode"] == "closed"), None)
@@ -299,8 +344,9 @@ def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace
             # At concurrency 1, predict itself is timed right before and after the point (this
             # process, the server idle): what the service adds is read against the machine's
             # state of the moment.
-            serial = c == 1 and rate <= 0
+            serial = c == 1 and rate <= 0 and not bare
             before = predict1() if serial else []
+            counts = None if bare or server.name.startswith("PyTorch") else _inline_counts(server.url)
             r = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True,
                                text=True, timeout=args.warmup + args.duration + 60, check=False,
                                env=_thread_env(1))
@@ -308,6 +354,9 @@ def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace
                 raise RuntimeError(f"load client failed: {r.stderr[-2000:]}")
             point = json.loads(r.stdout.strip().splitlines()[-1])
             point["server"] = server.name
+            if counts is not None:  # (the warm-up's calls included)
+                calls, inline = (b - a for a, b in zip(counts, _inline_counts(server.url)))
+                point["engine_calls"], point["inline_calls"] = calls, inline
             if serial:
                 point["predict1_ms"] = float(np.median(before + predict1())) * 1e3
                 # The service's engine calls come one HTTP round trip apart, not back to back
@@ -319,7 +368,9 @@ def _measure_server(server: _Server, bodies_path: Path, args: argparse.Namespace
             points.append(point)
             print(f"  {server.name:<28} {mode:<6} c={c:<3} {point['throughput_rps']:8.0f} req/s  "
                   f"p50 {point['p50_ms'] or float('nan'):7.2f} ms  p99 {point['p99_ms'] or float('nan'):7.2f} ms"
-                  f"  {point['statuses']}", flush=True)
+                  f"  {point['statuses']}"
+                  + (f"  inline {point['inline_calls']:.0f}/{point['engine_calls']:.0f} calls" if counts else ""),
+                  flush=True)
     return points
 
 
@@ -476,6 +527,12 @@ def markdown(res: dict[str, Any]) -> str:
         if "overhead_c1_spaced_us" in s:
             lines[-1] += (f" Against `predict` called at the HTTP pace (calls {s['c1_p50_ms'] - s['c1_predict1_ms']:.3f}"
                           f" ms apart): {s['c1_predict1_spaced_ms']:.3f} ms, so {s['overhead_c1_spaced_us']:.0f} µs added.")
+        if "c1_bare_p50_us" in s:
+            lines[-1] += (f" A bare uvicorn app (same settings, a fixed answer) takes {s['c1_bare_p50_us']:.0f} µs p50"
+                          f" per round trip in this run: rnninfer adds {s['overhead_c1_beyond_bare_us']:.0f} µs to it.")
+        if "c1_inline_fraction" in s:
+            lines[-1] += (f" {s['c1_inline_fraction']:.0%} of that point's engine calls ran on the event loop's"
+                          " thread (the idle Batcher's inline path).")
     return "\n".join(lines) + "\n"
 
 
@@ -520,6 +577,7 @@ def plot(res: dict[str, Any], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--client", help=argparse.SUPPRESS)
+    p.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=2, help="engine threads of every server (default 2)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds measured per point (default 3)")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds before each point (default 0.5)")
@@ -543,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.client:
         client_main(args.client)
+        return 0
+    if args.bare_server:
+        bare_main()
         return 0
     if unknown := set(args.servers) - set(SERVERS):
         p.error(f"unknown --servers {sorted(unknown)}; choose from {','.join(SERVERS)}")
@@ -580,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         serve = [sys.executable, "-m", "rnninfer", "serve", str(path), "--port", "0", "--threads",
                  str(args.threads), "--max-delay-ms", str(args.max_delay_ms)]
         commands = {
+            "bare": ("bare uvicorn", [sys.executable, __file__, "--bare-server"]),
             "batching": ("rnninfer serve", serve),
             "batch1": ("rnninfer serve --max-batch 1", [*serve, "--max-batch", "1"]),
             "torch": ("PyTorch + FastAPI", [sys.executable, str(HERE / "serve_reference_torch.py"),
@@ -593,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, cmd in servers:
             server = _Server(name, cmd, env)
             try:
-                for s, e in zip(seqs[:8], expected):  # a wrong server is never timed
+                for s, e in zip(seqs[:8] if name != "bare uvicorn" else [], expected):  # a wrong server is never timed
                     got = np.asarray(_post(server.url, json.dumps({"inputs": s.tolist()}))["outputs"],
                                      dtype=np.float32)
                     exact = name.startswith("rnninfer")
@@ -611,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
                      and q["mode"] == "closed"), None)
 
     ours, torch_, one = point("rnninfer serve", 64), point("PyTorch + FastAPI", 64), point("rnninfer serve", 1)
+    bare = point("bare uvicorn", 1)
     summary: dict[str, Any] = {}
     if ours and torch_ and torch_["throughput_rps"] > 0:
         summary["speedup_vs_torch_c64"] = ours["throughput_rps"] / torch_["throughput_rps"]
@@ -622,6 +685,11 @@ def main(argv: list[str] | None = None) -> int:
         if "predict1_spaced_ms" in one:
             summary["c1_predict1_spaced_ms"] = one["predict1_spaced_ms"]
             summary["overhead_c1_spaced_us"] = (one["p50_ms"] - one["predict1_spaced_ms"]) * 1e3
+        if bare and bare["p50_ms"]:
+            summary["c1_bare_p50_us"] = bare["p50_ms"] * 1e3
+            summary["overhead_c1_beyond_bare_us"] = summary["overhead_c1_us"] - bare["p50_ms"] * 1e3
+        if "inline_calls" in one:
+            summary["c1_inline_fraction"] = one["inline_calls"] / max(one["engine_calls"], 1)
     res["summary"] = summary
     md = markdown(res)
     print(md)

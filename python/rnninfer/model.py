@@ -267,6 +267,17 @@ class Model:
 
     __call__ = predict
 
+    def _predict_prepared(self, data: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        """The engine's output for input already in its form, not checked again.
+
+        For the Batcher, which checks every request with :func:`rnninfer.inputs.prepare`
+        in its caller and merges them: ``data`` is ``int64 (B, T)`` or C-contiguous
+        ``float32 (B, T, F)`` built from checked rows, ``lengths`` ``int32 (B,)`` or
+        ``None``. Returns ``(B, out)`` or ``(B, T, out)``.
+        """
+        out: np.ndarray = self._engine.predict(data, lengths)
+        return out
+
     # ---- streams (rnninfer.serving.stream, imported lazily) ------------------------
     def stream(self, state: Mapping[str, np.ndarray] | None = None) -> Stream:
         """A stream of one sequence, fed a few steps at a time (``docs/serving.md``).

@@ -330,17 +330,18 @@ def test_a_failing_merged_call_falls_back_to_one_by_one(
 ) -> None:
     model = MODELS["tokens-last"]
     real = model.predict
+    engine = model._predict_prepared
 
-    def picky(x: Any, *, lengths: Any = None) -> np.ndarray:
+    def picky(data: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
         # An engine-side refusal the per-request checks cannot see: any batch holding token 13.
-        data = np.asarray(x)
         if lengths is not None:
-            data = np.where(np.arange(data.shape[1])[None, :] < np.asarray(lengths)[:, None], data, 0)
+            data = np.where(np.arange(data.shape[1])[None, :] < lengths[:, None], data, 0)
         if (data == 13).any():
             raise ValueError("token 13 refused")
-        return real(x, lengths=lengths)
+        return engine(data, lengths)
 
-    monkeypatch.setattr(model, "predict", picky)
+    # The Batcher runs checked (and merged) requests with Model._predict_prepared.
+    monkeypatch.setattr(model, "_predict_prepared", picky)
     xs = [[1, 2, 3], [4, 13], [5], [[6, 7], [13, 1]], [8, 9, 10, 11]]
     with rnninfer.Batcher(model) as b:
         _, started = _queue_behind_a_held_call(
@@ -389,12 +390,13 @@ def test_timeout_drops_a_request_that_has_not_started(
     model = MODELS["tokens-last"]
     seen: list[int] = []
     real = model.predict
+    engine = model._predict_prepared
 
-    def counting(x: Any, *, lengths: Any = None) -> np.ndarray:
-        seen.append(int(np.asarray(x).shape[0]) if np.asarray(x).ndim == 2 else 1)
-        return real(x, lengths=lengths)
+    def counting(data: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        seen.append(data.shape[0])
+        return engine(data, lengths)
 
-    monkeypatch.setattr(model, "predict", counting)
+    monkeypatch.setattr(model, "_predict_prepared", counting)
     with rnninfer.Batcher(model) as b:
         release = gate(b)
         first = _start(lambda: b.predict([1, 2], timeout=0.05))  # starts, then is held
@@ -487,8 +489,10 @@ def test_stats_report_counts_and_percentiles() -> None:
     assert s["engine_calls"] == 5
     assert s["batch_sizes"] == {2: 5}
     assert s["mean_batch"] == 2.0
-    for key in ("queue_wait", "call_latency"):
-        assert 0 < s[key]["p50_ms"] <= s[key]["p99_ms"] < 1e4
+    # One caller at a time on an idle Batcher: each ran its own call at once, in its own thread.
+    assert s["inline_calls"] == 5
+    assert s["queue_wait"] == {"p50_ms": 0.0, "p99_ms": 0.0}
+    assert 0 < s["call_latency"]["p50_ms"] <= s["call_latency"]["p99_ms"] < 1e4
     assert s["fixed_cost_ms"] == 1.0  # calls of one size only: nothing fitted yet, the cap holds
 
 
@@ -684,3 +688,202 @@ def test_pre_padded_requests_merge_and_get_predicts_bits(gate: Any, rng: np.rand
         assert _same(box["result"], model.predict(x, lengths=lens, padding="pre"))
     with rnninfer.Batcher(model) as b, pytest.raises(ValueError, match="sequence 0, step 4"):
         b.predict(np.array([[1, 2, 3, 4, 99]]), lengths=[2], padding="pre")
+
+
+# ---- the idle Batcher's inline path ------------------------------------------------------------
+def _hold_calls(b: rnninfer.Batcher, n: int) -> list[tuple[threading.Event, threading.Event, list[Any]]]:
+    """Hold the Batcher's first ``n`` predict calls, each until its own event is set.
+
+    Returns, per call: (entered, release, [the thread that ran it]).
+    """
+    holds = [(threading.Event(), threading.Event(), []) for _ in range(n)]
+    count = [0]
+    original = b._run_predict
+
+    def held(batch: list[Any]) -> None:
+        k = count[0]
+        count[0] += 1
+        if k < n:
+            entered, release, thread = holds[k]
+            thread.append(threading.current_thread())
+            entered.set()
+            release.wait(WAIT)
+        original(batch)
+
+    b._run_predict = held  # type: ignore[method-assign]
+    return holds
+
+
+def test_an_idle_batcher_runs_a_lone_request_in_its_callers_thread() -> None:
+    model = MODELS["tokens-seq"]
+    with rnninfer.Batcher(model) as b:
+        threads: list[threading.Thread] = []
+        original = b._run_predict
+
+        def spy(batch: list[Any]) -> None:
+            threads.append(threading.current_thread())
+            original(batch)
+
+        b._run_predict = spy  # type: ignore[method-assign]
+        for i in range(6):
+            x = [[i + 1, 2, 3], [4, 5]] if i % 2 else [i + 1, 0, 7]
+            assert _same(b.predict(x), model.predict(x))
+        assert _same(b.feed(model.stream(), [1, 2]), model.stream().feed([1, 2]))
+        stats = b.stats()
+    assert threads == [threading.current_thread()] * 6  # never the dispatcher's thread
+    assert stats["inline_calls"] == stats["engine_calls"] == stats["requests"] == 7
+    assert stats["batch_sizes"] == {1: 4, 2: 3}
+
+
+def test_requests_arriving_during_an_inline_call_go_together_right_after_it() -> None:
+    model = MODELS["tokens-last"]
+    with rnninfer.Batcher(model, max_delay_ms=3000) as b:
+        (entered, release, thread), = _hold_calls(b, 1)
+        first = _start(lambda: b.predict([1, 2]))
+        assert entered.wait(WAIT)
+        assert thread == [first[0]]  # the caller's own thread holds the engine
+        late = [_start(lambda i=i: b.predict([i + 3, 4])) for i in range(5)]
+        _until(lambda: b.queue_depth == 5)  # queued, not run inline beside the call under way
+        assert b.stats()["inline_calls"] == 1
+        t0 = time.perf_counter()
+        release.set()
+        for t, _ in late:
+            t.join(WAIT)
+        assert time.perf_counter() - t0 < 1.5  # dispatched when the inline call ended, no wait
+        first[0].join(WAIT)
+        stats = b.stats()
+    assert _same(first[1]["result"], model.predict([1, 2]))
+    for i, (_, box) in enumerate(late):
+        assert _same(box["result"], model.predict([i + 3, 4]))
+    assert stats["batch_sizes"] == {1: 1, 5: 1}
+    assert stats["inline_calls"] == 1
+
+
+def test_no_inline_call_while_the_dispatcher_has_a_call_or_waits_for_its_callers() -> None:
+    model = MODELS["tokens-last"]
+    with rnninfer.Batcher(model, max_delay_ms=3000) as b:
+        (e0, r0, t0), (e1, r1, t1) = _hold_calls(b, 2)
+        a = _start(lambda: b.predict([1]))  # inline, held
+        assert e0.wait(WAIT)
+        assert t0 == [a[0]]
+        c = _start(lambda: b.predict([2]))
+        _until(lambda: b.queue_depth == 1)
+        r0.set()  # the dispatcher takes the queued request and is held in its call
+        assert e1.wait(WAIT)
+        assert t1 == [b._thread]
+        # The engine is busy with the dispatcher's call: a blocking caller and a coroutine queue.
+        d = _start(lambda: b.predict([3]))
+        e = _start(lambda: asyncio.run(b.predict_async([4])))
+        _until(lambda: b.queue_depth == 2)
+        assert b.stats()["inline_calls"] == 1
+        r1.set()
+        for t, _ in (a, c, d, e):
+            t.join(WAIT)
+        # After that call of two the dispatcher waits for its two callers to come back: what
+        # comes meanwhile is queued for the call it waits to make, not run inline.
+        f = _start(lambda: b.predict([5]))
+        g = _start(lambda: b.predict([6]))
+        for t, _ in (f, g):
+            t.join(WAIT)
+        stats = b.stats()
+    for k, (_, box) in enumerate((a, c, d, e, f, g)):
+        assert _same(box["result"], model.predict([k + 1]))
+    assert stats["inline_calls"] == 1
+    assert stats["batch_sizes"] == {1: 2, 2: 2}
+
+
+def test_an_event_loop_runs_cheap_requests_inline_once_the_cost_is_fitted(rng: np.random.Generator) -> None:
+    model = MODELS["tokens-seq"]
+    xs = [rng.integers(0, 60, size=int(rng.integers(1, 20))) for _ in range(100)]
+
+    async def main(b: rnninfer.Batcher) -> list[np.ndarray]:
+        out = []
+        for x in xs:
+            out.append(await b.predict_async(x))
+        return out
+
+    # max_delay_ms far above a tiny model's call, however loaded the machine.
+    with rnninfer.Batcher(model, max_delay_ms=5000) as b:
+        got = asyncio.run(main(b))
+        stats = b.stats()
+    assert all(_same(g, model.predict(x)) for g, x in zip(got, xs))
+    # None before the first fit of the cost (after 32 calls), then every one.
+    assert stats["inline_calls"] == len(xs) - 32
+    # A call the fitted cost puts above max_delay_ms (with 0: any call) is not made on the
+    # event loop's thread; a blocking caller's is (it waits for its answer either way).
+    with rnninfer.Batcher(model, max_delay_ms=0) as b:
+        got = asyncio.run(main(b))
+        assert b.stats()["inline_calls"] == 0
+        assert _same(b.predict(xs[0]), got[0])
+        assert b.stats()["inline_calls"] == 1
+    assert all(_same(g, model.predict(x)) for g, x in zip(got, xs))
+
+
+def test_requests_an_event_loop_makes_in_one_round_go_to_the_dispatcher_together(
+    rng: np.random.Generator,
+) -> None:
+    model = MODELS["tokens-last"]
+    xs = [rng.integers(0, 60, size=int(rng.integers(1, 20))) for _ in range(24)]
+
+    async def main(b: rnninfer.Batcher) -> list[np.ndarray]:
+        return list(await asyncio.gather(*(b.predict_async(x) for x in xs)))
+
+    with rnninfer.Batcher(model, max_delay_ms=5000) as b:  # (every call counts as cheap)
+        for x in xs * 2:
+            b.predict(x)  # 48 calls: the cost is fitted
+        before = b.stats()
+        got = asyncio.run(main(b))
+        stats = b.stats()
+    assert all(_same(g, model.predict(x)) for g, x in zip(got, xs))
+    # The gathered requests reach predict_async in one round of the loop's callbacks (as the
+    # requests a server reads at once do): one call of all, not one inline call after another,
+    # each blocking the loop.
+    assert stats["inline_calls"] == before["inline_calls"]
+    assert stats["engine_calls"] - before["engine_calls"] < len(xs) // 4  # (queued in one go: 1 call)
+
+
+def test_a_gathered_request_can_be_cancelled_and_an_inline_one_starts_at_once() -> None:
+    model = MODELS["tokens-last"]
+
+    async def main(b: rnninfer.Batcher) -> None:
+        task = asyncio.create_task(b.predict_async([1, 2]))
+        other = asyncio.create_task(b.predict_async([3]))
+        await asyncio.sleep(0)  # both made their requests in this round, then one is cancelled
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert _same(await other, model.predict([3]))
+        # timeout= drops a request that has not started; on an idle Batcher it starts at once.
+        assert _same(await b.predict_async([4], timeout=0), model.predict([4]))
+        assert _same(b.predict([5], timeout=0), model.predict([5]))
+
+    with rnninfer.Batcher(model) as b:
+        for i in range(32):
+            b.predict([i % 50 + 1] * (i % 3 + 1))  # the cost is fitted
+        before = b.stats()
+        asyncio.run(main(b))
+        stats = b.stats()
+    assert stats["inline_calls"] - before["inline_calls"] == 3  # [3] alone, [4], [5]
+    assert stats["requests"] - before["requests"] == 4
+    assert stats["timeouts"] == 1
+    assert stats["queue_depth"] == 0
+
+
+def test_an_inline_calls_engine_error_reaches_its_caller_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = MODELS["tokens-last"]
+    real = model.predict
+    engine = model._predict_prepared
+
+    def picky(data: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+        if 13 in data:
+            raise ValueError("token 13 refused")
+        return engine(data, lengths)
+
+    monkeypatch.setattr(model, "_predict_prepared", picky)
+    with rnninfer.Batcher(model) as b:
+        with pytest.raises(ValueError, match="13"):
+            b.predict([4, 13])
+        assert _same(b.predict([4, 12]), real([4, 12]))
+        stats = b.stats()
+    assert stats["inline_calls"] == 2
+    assert stats["errors"] == 1

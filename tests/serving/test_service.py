@@ -200,6 +200,22 @@ def test_threads_over_http_get_predicts_bits(tokens_server: Server, files: dict[
         _check_same(answer, _expected(model, body))
 
 
+def test_one_client_at_a_time_is_answered_on_the_event_loop(tokens_server: Server, files: dict[str, Path],
+                                                            rng: np.random.Generator) -> None:
+    # One request at a time finds the Batcher idle: once its cost is fitted (after 32 calls), the
+    # event loop runs each call itself instead of handing it to the dispatcher thread and back.
+    model = _model(files["tokens"])
+    bodies = _requests_for(model, rng, 48)
+    calls, inline = (_metric(tokens_server.url, f"rnninfer_{k}_total") for k in ("engine_calls", "inline_calls"))
+    with httpx.Client(base_url=tokens_server.url, timeout=30) as c:
+        for body in bodies:
+            r = c.post("/v1/predict", json=body)
+            assert r.status_code == 200, r.text
+            _check_same(r.json(), _expected(model, body))
+    assert _metric(tokens_server.url, "rnninfer_engine_calls_total") - calls == len(bodies)
+    assert _metric(tokens_server.url, "rnninfer_inline_calls_total") - inline >= len(bodies) - 32
+
+
 def test_asyncio_clients_get_predicts_bits(features_server: Server, files: dict[str, Path],
                                            rng: np.random.Generator) -> None:
     server = features_server
@@ -390,7 +406,7 @@ def test_metrics_and_healthz(tokens_server: Server) -> None:
     text = httpx.get(tokens_server.url + "/metrics", timeout=30).text
     for name in ("rnninfer_http_requests_total", "rnninfer_http_request_duration_seconds_bucket",
                  "rnninfer_batch_size_bucket", "rnninfer_queue_depth", "rnninfer_live_streams",
-                 "rnninfer_engine_calls_total", "rnninfer_queue_wait_seconds"):
+                 "rnninfer_engine_calls_total", "rnninfer_inline_calls_total", "rnninfer_queue_wait_seconds"):
         assert name in text, name
     assert 'rnninfer_batch_size_bucket{le="+Inf"}' in text
 

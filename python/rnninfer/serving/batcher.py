@@ -23,7 +23,14 @@ idle the engine for more than one extra call costs), and never waits longer
 than ``max_delay_ms``. A request therefore waits at most for the call in
 flight, plus ``max_delay_ms``, plus its own call.
 
-Length (about 630 lines): one class, the queue, its lock and the dispatcher
+When the dispatcher sleeps with nothing to do, a request gathers nothing by
+going through it and the hop there and back costs two thread wake-ups: the
+caller's thread makes the call itself (see ``_claim``; an event loop's
+thread only for a cheap call that is alone in its round of the loop, see
+``_await``), and what arrives meanwhile is queued for the dispatcher's next
+call.
+
+Length (about 780 lines): one class, the queue, its lock and the dispatcher
 that share them; split, the locking rules would be spread over modules.
 """
 
@@ -54,7 +61,7 @@ _FIT_EVERY = 32
 #: that callers coming back one after another are not mistaken for a pause.
 _MIN_PAUSE = 1e-4
 
-_QUEUED, _STARTED, _DONE, _DROPPED = range(4)
+_QUEUED, _STARTED, _DONE, _DROPPED, _GATHERED = range(5)
 
 
 class Overloaded(RuntimeError):
@@ -68,11 +75,12 @@ class _Request:
     """One caller's request: its validated input, how to cut its answer out, how to deliver it."""
 
     __slots__ = ("data", "error", "future", "kind", "lens", "lock", "loop", "n", "prepared", "result",
-                 "state", "stream", "t_enqueued", "width", "x")
+                 "state", "steps", "stream", "t_enqueued", "width", "x")
 
-    def __init__(self, kind: str, n: int) -> None:
+    def __init__(self, kind: str, n: int, steps: int) -> None:
         self.kind = kind  # "predict" or "feed"
         self.n = n  # sequences this request adds to a batch
+        self.steps = steps  # time steps over its sequences (what its share of a call costs)
         self.data: np.ndarray | None = None
         self.lens: np.ndarray | None = None
         self.prepared: Prepared | None = None  # how to turn its rows of the output into its answer
@@ -133,7 +141,9 @@ class Batcher:
     Every answer is exactly what ``model.predict(x)`` (or ``stream.feed(x)``)
     gives for that request alone: same shape, same bits. Use it from many
     threads (:meth:`predict`) or asyncio tasks (:meth:`predict_async`); close
-    it with :meth:`close` or a ``with`` block.
+    it with :meth:`close` or a ``with`` block. When it is idle, a request
+    runs in its caller's thread, without the hop to the dispatcher and back
+    (an event loop's only if the call is cheap; see docs/serving.md).
 
     Example::
 
@@ -153,7 +163,9 @@ class Batcher:
             max_delay_ms: the longest the dispatcher waits for more requests
                 right after a call before it dispatches what is queued (it
                 waits less when the engine's fixed cost per call is lower,
-                and never when the engine has been idle).
+                and never when the engine has been idle); also the longest
+                call, by the fitted cost, that an event loop's thread makes
+                itself on an idle Batcher.
             max_queue: most requests waiting to start; beyond it a request
                 raises :class:`Overloaded` at once.
 
@@ -191,6 +203,14 @@ class Batcher:
         self._sleeping = False  # the dispatcher waits on _wake ...
         self._want = 1  # ... until this many sequences are queued
         self._t_last = 0.0  # when the last request was queued
+        # The dispatcher sleeps with nothing queued, no call under way and no wait after a call:
+        # a request may then run in its caller's thread (see _claim).
+        self._idle = False
+        self._inline = False  # a caller's thread holds the engine for its own request
+        # Per thread, (its running event loop, the requests that loop made in this round of its
+        # callbacks while the Batcher was idle), see _await. Thread-local: a loop runs on one
+        # thread, and a dict keyed by loops (weak references) would cost microseconds a request.
+        self._gathering = threading.local()
 
         self._running = 0  # sequences in the engine call under way
         self._n_requests = 0
@@ -199,15 +219,19 @@ class Batcher:
         self._n_timeouts = 0
         self._n_errors = 0
         self._n_fallbacks = 0
+        self._n_inline = 0
         self._sizes: collections.Counter[int] = collections.Counter()
         self._waits: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
         self._call_times: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
-        # (sequences, seconds) of recent calls, for the engine's fixed cost per call.
-        # (a ring of sequences and seconds; arrays, not tuples, so that a fit takes microseconds)
+        # (time steps, seconds) of recent calls, for the engine's fixed cost per call and what a
+        # request would cost alone. (A ring of steps and seconds; arrays, not tuples, so that a fit
+        # takes microseconds.)
         self._fit_n = np.zeros(_FIT_SAMPLES)
         self._fit_t = np.zeros(_FIT_SAMPLES)
         self._n_fits = 0
         self._fixed_cost = self._max_delay  # unknown until calls of different sizes were seen
+        # Seconds of a call of s steps ~ cost[0] + cost[1] * max(s, cost[2]); None until the first fit.
+        self._cost: tuple[float, float, float] | None = None
 
         self._thread = threading.Thread(target=self._dispatch_loop, name="rnninfer-batcher", daemon=True)
         self._thread.start()
@@ -251,7 +275,7 @@ class Batcher:
             # One sequence of valid int64 ids (the service's form): what prepare and
             # check_token_range would make of it, in one reduction and one copy. Anything
             # else, or a bad id, takes the general path and its messages.
-            req = _Request("predict", 1)
+            req = _Request("predict", 1, x.size)
             req.data = data = x.reshape(1, -1).copy()  # the caller may reuse x while it waits
             req.width, req.prepared = data.shape[1], Prepared(data, None, True, None)
             return req
@@ -264,7 +288,7 @@ class Batcher:
         if not isinstance(x, (list, tuple)) and np.may_share_memory(data, np.asarray(x)):
             data = data.copy()  # the caller may reuse its array while the request waits
         n, T = int(data.shape[0]), int(data.shape[1])
-        req = _Request("predict", n)
+        req = _Request("predict", n, n * T if p.lengths is None else int(p.lengths.sum()))
         req.data, req.width, req.prepared = data, T, p
         req.lens = p.lengths  # None: every row is full length
         return req
@@ -290,6 +314,48 @@ class Batcher:
         if wake:
             self._signal()
 
+    def _claim(self, req: _Request) -> bool:
+        """Take the engine for ``req`` in the caller's own thread, if nothing else wants it.
+
+        Only when the dispatcher sleeps with nothing to do (no request queued, no call
+        under way, no wait for callers after a call): handing the request to it would
+        cost two thread wake-ups (there and back) and gather nothing. Requests arriving
+        meanwhile queue without waking the dispatcher; the end of the call wakes it, and
+        they go together in its next call, as they would after a call of the dispatcher.
+        A blocking caller waits for its answer whoever runs it: any request is taken. An
+        event loop's thread is blocked by the call: see ``_await`` for which it takes.
+        """
+        # Unlocked reads first: a busy Batcher turns requests away here without taking the lock.
+        if not self._idle or self._queued:
+            return False
+        with self._lock:
+            if not self._idle or self._queued or self._closing:
+                return False
+            self._idle = self._sleeping = False
+            self._inline = True
+            req.state = _STARTED
+            req.t_enqueued = self._t_last = time.perf_counter()
+            self._n_requests += 1
+            self._n_inline += 1
+            self._waits.append(0.0)
+        return True
+
+    def _run_inline(self, req: _Request) -> None:
+        """Run a request :meth:`_claim` took, here (its answer or its error goes in ``req``)."""
+        try:
+            if self._run([req], req.n):
+                self._fit()  # while this thread still holds the engine (and the ring)
+        finally:
+            with self._lock:
+                self._inline = False
+                wake = bool(self._queued) or self._closing
+                if not wake:
+                    self._idle = self._sleeping = True
+                    self._want = 1
+            if wake:
+                self._signal()  # what arrived meanwhile goes at once
+        req.state = _DONE
+
     def _signal(self) -> None:
         # A lock that is already released means a wake-up is pending: nothing to add.
         with contextlib.suppress(RuntimeError):
@@ -298,6 +364,11 @@ class Batcher:
     def _drop(self, req: _Request) -> bool:
         """Drop a request that has not started; False when it already runs (or ran)."""
         with self._lock:
+            if req.state == _GATHERED:  # not queued yet (see _await): nothing to take back
+                req.state = _DROPPED
+                self._n_requests += 1
+                self._n_timeouts += 1
+                return True
             if req.state != _QUEUED:
                 return False
             req.state = _DROPPED
@@ -340,10 +411,17 @@ class Batcher:
         """
         timeout = _check_timeout(timeout)
         req = self._predict_request(x, lengths, padding)
+        out: np.ndarray
+        if self._claim(req):
+            self._run_inline(req)
+            if req.error is not None:
+                raise req.error
+            out = req.result
+            return out
         req.lock = threading.Lock()
         req.lock.acquire()
         self._enqueue(req)
-        out: np.ndarray = self._wait(req, timeout)
+        out = self._wait(req, timeout)
         return out
 
     async def _await(self, req: _Request, timeout: float | None) -> Any:
@@ -352,7 +430,24 @@ class Batcher:
         loop = asyncio.get_running_loop()
         req.loop = loop
         req.future = fut = loop.create_future()
-        self._enqueue(req)
+        gathering: tuple[asyncio.AbstractEventLoop, list[_Request]] | None = getattr(
+            self._gathering, "group", None)
+        if gathering is not None and gathering[0] is loop:  # (another loop's: left by a dead loop)
+            req.state = _GATHERED
+            gathering[1].append(req)
+        elif self._idle and not self._queued and self._cheap(req):
+            # The Batcher is idle: this request may run inline, on this thread. Not at once:
+            # requests that reached the loop's sockets while it was blocked (by a call like
+            # this one) are read together, and their tasks make their requests in one round
+            # of the loop's callbacks; run one by one, each would block the loop for the
+            # next. So the requests of this round are gathered, and the next round runs a
+            # lone one inline and queues several together (_start_gathered).
+            req.state = _GATHERED
+            group = [req]
+            self._gathering.group = (loop, group)
+            loop.call_soon(self._start_gathered, group)
+        else:
+            self._enqueue(req)
         timer = None
         if timeout is not None:
             # A timer on the loop, not wait_for: no extra task per request.
@@ -370,6 +465,30 @@ class Batcher:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _cheap(self, req: _Request) -> bool:
+        """An event loop may run ``req`` inline: its call takes at most ``max_delay_ms`` by the
+        fitted cost (the wait the Batcher may add to a request anyway); not before the first fit."""
+        cost = self._cost
+        return cost is not None and cost[0] + cost[1] * max(req.steps, cost[2]) <= self._max_delay
+
+    def _start_gathered(self, gathered: list[_Request]) -> None:
+        """Run the request one round of an event loop's callbacks made inline, or queue its requests."""
+        self._gathering.group = None
+        # Leave out cancelled ones (their task's _drop, still to run, counts them).
+        group = [r for r in gathered if r.state == _GATHERED and not r.future.done()]  # type: ignore[union-attr]
+        for r in group:
+            r.state = _QUEUED
+        if len(group) == 1 and self._claim(group[0]):
+            self._run_inline(group[0])
+            _resolve(group)
+            return
+        for r in group:
+            try:
+                self._enqueue(r)
+            except (Overloaded, RuntimeError) as e:
+                if r.future is not None and not r.future.done():
+                    r.future.set_exception(e)
 
     async def predict_async(self, x: ArrayLike, *, lengths: ArrayLike | None = None,
                             padding: str = "post", timeout: float | None = None) -> np.ndarray:
@@ -397,10 +516,17 @@ class Batcher:
         """
         timeout = _check_timeout(timeout)
         req = self._feed_request(stream, x)
+        out: np.ndarray
+        if self._claim(req):
+            self._run_inline(req)
+            if req.error is not None:
+                raise req.error
+            out = req.result
+            return out
         req.lock = threading.Lock()
         req.lock.acquire()
         self._enqueue(req)
-        out: np.ndarray = self._wait(req, timeout)
+        out = self._wait(req, timeout)
         return out
 
     async def feed_async(self, stream: Any, x: ArrayLike, *, timeout: float | None = None) -> np.ndarray:
@@ -426,7 +552,7 @@ class Batcher:
                 t = int(np.argmax(row == bad))
                 raise ValueError(f"feed: token id {bad} at step {t} is out of range "
                                  f"for the vocabulary [0, {self._vocab})")
-        req = _Request("feed", 1)
+        req = _Request("feed", 1, len(row))
         req.stream, req.x = stream, row
         return req
 
@@ -480,7 +606,7 @@ class Batcher:
         while True:
             sleep: float | None = None
             with self._lock:
-                self._sleeping = False
+                self._sleeping = self._idle = False
                 if want and self._queued_seqs < want and not self._closing:
                     # Wait while requests keep coming: until a pause in arrivals, at most
                     # until the deadline (see the module's docstring).
@@ -493,11 +619,16 @@ class Batcher:
                         want = 0
                 if sleep is None:
                     # Dropped requests may still sit in the deques; _queued counts live ones.
-                    if self._queued == 0:
+                    if self._inline:
+                        # A caller runs its own request (_claim); the end of its call wakes
+                        # this thread if anything is queued by then (or close() was called).
+                        want = 0
+                        sleep = -1.0
+                    elif self._queued == 0:
                         if self._closing:
                             return
                         want = 0  # the engine is idle: the next request goes at once
-                        self._want, self._sleeping = 1, True
+                        self._want, self._sleeping, self._idle = 1, True, True
                         sleep = -1.0  # until woken
                     else:
                         batch = self._take()
@@ -507,7 +638,10 @@ class Batcher:
             if not batch:
                 continue
             n = sum(r.n for r in batch)
-            self._run(batch, n)
+            refit = self._run(batch, n)
+            self._deliver(batch)
+            if refit:  # after the answers are out
+                self._fit()
             t_end = time.perf_counter()
             with self._lock:
                 # Requests queued during the call go at once: waiting for more would hold them
@@ -519,7 +653,8 @@ class Batcher:
             deadline = t_end + self._max_delay
             pause = min(self._max_delay, max(self._fixed_cost, _MIN_PAUSE))
 
-    def _run(self, batch: list[_Request], n: int) -> None:
+    def _run(self, batch: list[_Request], n: int) -> bool:
+        """Run one call (the caller holds the engine) and count it; True when a refit is due."""
         t0 = time.perf_counter()
         self._running = n
         runner = self._run_predict if batch[0].kind == "predict" else self._run_feed
@@ -552,15 +687,18 @@ class Batcher:
             refit = False
             if calls == 1:
                 i = self._n_fits % _FIT_SAMPLES
-                self._fit_n[i], self._fit_t[i] = n, elapsed
+                self._fit_n[i], self._fit_t[i] = sum(r.steps for r in batch), elapsed
                 self._n_fits += 1
                 refit = self._n_calls % _FIT_EVERY == 0
-        self._deliver(batch)
-        if refit:  # after the answers are out (only this thread reads the ring)
-            self._fixed_cost = self._fit_fixed_cost()
+        return refit
 
-    def _fit_fixed_cost(self) -> float:
-        """The intercept of call time against sequences per call (least squares), in seconds."""
+    def _fit(self) -> None:
+        """Fit call time against time steps per call (least squares): the fixed cost per call
+        (its intercept) and what a call of s steps costs.
+
+        Called by the thread that holds the engine (the dispatcher before it takes the next
+        batch, a caller before it gives its inline call back), so the ring does not change.
+        """
         # The closed form, a few times faster than np.polyfit: this thread holds the GIL
         # meanwhile, and the callers just answered need it.
         k = min(self._n_fits, _FIT_SAMPLES)
@@ -568,10 +706,16 @@ class Batcher:
         dn = n - n.mean()
         var = float(dn @ dn)
         if var == 0:
-            return self._fixed_cost  # one size only: nothing to fit
+            # One size only (e.g. one client sending alike requests): no line, and no fixed
+            # cost to read off; a call of that size costs about the median, and a call of
+            # fewer steps is counted as costing as much (an over-estimate, never an under-).
+            if n[0] > 0:
+                self._cost = (0.0, float(np.median(t)) / float(n[0]), float(n[0]))
+            return
         slope = float(dn @ (t - t.mean())) / var
         intercept = float(t.mean()) - slope * float(n.mean())
-        return min(max(intercept, 0.0), self._max_delay)
+        self._fixed_cost = min(max(intercept, 0.0), self._max_delay)
+        self._cost = (max(intercept, 0.0), max(slope, 0.0), 0.0)
 
     def _deliver(self, batch: list[_Request]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
@@ -591,7 +735,8 @@ class Batcher:
         model = self._model
         if len(batch) == 1:
             r = batch[0]
-            out = model.predict(r.data) if r.lens is None else model.predict(r.data, lengths=r.lens)
+            # Checked when it was queued (in the engine's form): not normalised again.
+            out = model._predict_prepared(r.data, r.lens)  # type: ignore[arg-type]
             r.result = r.prepared.finish(out, self._sequences)  # type: ignore[union-attr]
             return
         total = sum(r.n for r in batch)
@@ -604,7 +749,7 @@ class Batcher:
             data[s:s + r.n, :r.width] = r.data
             lens[s:s + r.n] = r.width if r.lens is None else r.lens
             s += r.n
-        out = model.predict(data, lengths=lens)
+        out = model._predict_prepared(data, lens)
         s = 0
         for r in batch:
             part = out[s:s + r.n]
@@ -646,7 +791,9 @@ class Batcher:
             (:class:`Overloaded`), ``timeouts`` (dropped before starting),
             ``errors`` (requests answered with an error by the engine),
             ``fallbacks`` (merged calls that failed and were re-run one request
-            at a time), ``queue_depth``, ``running`` (sequences in the engine
+            at a time), ``inline_calls`` (engine calls an idle Batcher let a
+            caller run in its own thread; counted in ``engine_calls`` too),
+            ``queue_depth``, ``running`` (sequences in the engine
             call under way), ``batch_sizes`` (sequences per
             engine call -> number of calls), ``mean_batch``, ``queue_wait`` and
             ``call_latency`` (``p50_ms``, ``p99_ms`` over the last 8192), and
@@ -664,6 +811,7 @@ class Batcher:
                 "timeouts": self._n_timeouts,
                 "errors": self._n_errors,
                 "fallbacks": self._n_fallbacks,
+                "inline_calls": self._n_inline,
                 "queue_depth": self._queued,
                 "running": self._running,
             }

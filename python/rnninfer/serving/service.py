@@ -177,6 +177,9 @@ class _BatcherCollector(Collector):
         yield h
         yield CounterMetricFamily("rnninfer_engine_calls", "Engine calls made by the batcher.",
                                   value=s["engine_calls"])
+        yield CounterMetricFamily("rnninfer_inline_calls",
+                                  "Engine calls an idle batcher ran on the event loop's thread (in engine_calls too).",
+                                  value=s["inline_calls"])
         yield CounterMetricFamily("rnninfer_rejected", "Requests refused because the queue was full.",
                                   value=s["rejected"])
         yield CounterMetricFamily("rnninfer_queue_timeouts", "Requests dropped before they started.",
@@ -502,6 +505,17 @@ def create_app(model: Model, config: ServeConfig | None = None) -> ASGIApp:
     return Service(model, config).app()
 
 
+def _uvicorn_config(app: ASGIApp, shutdown_timeout_s: float) -> uvicorn.Config:
+    """The server settings of :func:`serve` (bench/serve_load.py runs a bare app with them too)."""
+    return uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=max(1, math.ceil(shutdown_timeout_s)), backlog=2048,
+        # uvloop and httptools when installed (the 'serve' extra), else asyncio and h11.
+        loop="auto", http="auto",
+        # No proxy in front by default: X-Forwarded-* is not trusted, and not parsed per request.
+        proxy_headers=False, server_header=False)
+
+
 def serve(model: Model, *, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           shutdown_timeout_s: float = 30.0) -> None:
     """Serve ``model`` over HTTP until SIGTERM or SIGINT (then finish in-flight requests).
@@ -520,13 +534,7 @@ def serve(model: Model, *, host: str = "127.0.0.1", port: int = 8000, config: Se
     sock.listen(2048)
     bound = sock.getsockname()[1]
     app = create_app(model, config)
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=max(1, math.ceil(shutdown_timeout_s)), backlog=2048,
-        # uvloop and httptools when installed (the 'serve' extra), else asyncio and h11.
-        loop="auto", http="auto",
-        # No proxy in front by default: X-Forwarded-* is not trusted, and not parsed per request.
-        proxy_headers=False, server_header=False))
+    server = uvicorn.Server(_uvicorn_config(app, shutdown_timeout_s))
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"rnninfer serve: {model.spec.name!r} ({model.threads} threads, {model.precision}) "
           f"listening on http://{shown}:{bound}", flush=True)
