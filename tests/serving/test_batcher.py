@@ -780,7 +780,10 @@ def test_no_inline_call_while_the_dispatcher_has_a_call_or_waits_for_its_callers
         for t, _ in (a, c, d, e):
             t.join(WAIT)
         # After that call of two the dispatcher waits for its two callers to come back: what
-        # comes meanwhile is queued for the call it waits to make, not run inline.
+        # comes meanwhile is queued for the call it waits to make, not run inline. (What comes
+        # before it is back to waiting, while it still hands out answers, went at once, alone:
+        # so the test waits for it.)
+        _until(lambda: b._sleeping and b._want == 2)
         f = _start(lambda: b.predict([5]))
         g = _start(lambda: b.predict([6]))
         for t, _ in (f, g):
