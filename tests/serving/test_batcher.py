@@ -802,6 +802,12 @@ def test_an_event_loop_runs_cheap_requests_inline_once_the_cost_is_fitted(rng: n
     async def main(b: rnninfer.Batcher) -> list[np.ndarray]:
         out = []
         for x in xs:
+            # The dispatcher may still be handing out the last answer (a loaded machine):
+            # only an idle Batcher offers the inline path.
+            end = time.monotonic() + WAIT
+            while not b._idle:
+                assert time.monotonic() < end, "the Batcher did not become idle"
+                await asyncio.sleep(0.0005)
             out.append(await b.predict_async(x))
         return out
 
@@ -817,6 +823,7 @@ def test_an_event_loop_runs_cheap_requests_inline_once_the_cost_is_fitted(rng: n
     with rnninfer.Batcher(model, max_delay_ms=0) as b:
         got = asyncio.run(main(b))
         assert b.stats()["inline_calls"] == 0
+        _until(lambda: b._idle)
         assert _same(b.predict(xs[0]), got[0])
         assert b.stats()["inline_calls"] == 1
     assert all(_same(g, model.predict(x)) for g, x in zip(got, xs))
