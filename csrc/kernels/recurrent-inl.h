@@ -185,38 +185,6 @@ inline void st(float* p, typename Ops<I>::V v, int nu) {
     Ops<I>::store_n(p, v, nu);
 }
 
-// Asks for the lines the pointwise update of RB rows x TB unit tiles from
-// `tile` will read (the G gate blocks of each row's xp, and c_prev), before
-// their product runs. Those rows are not in L1 when the update comes: a
-// token model's first-layer xp is a row of the token table (L3 or DRAM), and
-// the weights streamed since the last feed have pushed c_prev out of L2. At
-// batch 1 a third of the update's time went to those loads, with no weight
-// loads in flight behind them (headline model, bf16: the feed with a random
-// token each time 0.3 us faster). A prefetch is a hint: it changes no result
-// and never faults, so addresses past a short last tile are harmless. One
-// vector of lanes may straddle two lines, hence its first and last float.
-template <Isa I, int G, int RB, int TB>
-RNNINFER_INLINE void prefetch_update_inputs(const StepArgs& a, int r0, int tile) {
-  constexpr int L = Ops<I>::kLanes;
-  if constexpr (L >= 8) {
-    const std::size_t H = static_cast<std::size_t>(a.w->h);
-    for (int r = 0; r < RB; ++r)
-      for (int j = 0; j < TB; ++j) {
-        const std::size_t u0 = static_cast<std::size_t>(tile + j) * L;
-        const float* xp = a.xp + static_cast<std::size_t>(r0 + r) * a.ld_xp + u0;
-        for (int g = 0; g < G; ++g) {
-          __builtin_prefetch(xp + g * H);
-          __builtin_prefetch(xp + g * H + L - 1);
-        }
-        if (a.c_prev != nullptr) {
-          const float* c = a.c_prev + static_cast<std::size_t>(r0 + r) * a.ld_c + u0;
-          __builtin_prefetch(c);
-          __builtin_prefetch(c + L - 1);
-        }
-      }
-  }
-}
-
 // Gate and candidate activations; the common (sigmoid, tanh) pair skips the
 // switch so the compiler can inline and schedule the polynomials.
 template <Isa I, bool kDefault>
@@ -348,7 +316,6 @@ RNNINFER_INLINE void rows_tiles(const StepArgs& a, const PackedRec& pw, const fl
                                 std::size_t ld_h, int r0, int tile, Update update) {
   using V = typename Ops<I>::V;
   constexpr int L = Ops<I>::kLanes;
-  prefetch_update_inputs<I, G, RB, TB>(a, r0, tile);
   if constexpr (TB == 1) {
     V acc[RB][G];
     product<I, G, RB, T>(pw, tile, h + r0 * ld_h, ld_h, acc, a.k_begin,

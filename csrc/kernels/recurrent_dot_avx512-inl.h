@@ -177,7 +177,6 @@ inline void dot_rows(const StepArgs& a, const PackedRec& pw, const uint32_t* q, 
     constexpr int R = decltype(rows_c)::value;
     constexpr int T = decltype(tiles_c)::value;
     __m512 acc[T][R][G];
-    rec_impl::prefetch_update_inputs<Isa::kAvx512Bf16, G, R, T>(a, r0, t0);
     dot_product<G, R, T, kBf16>(pw, t0, q + static_cast<std::size_t>(r0) * qs, qs,
                                 kBf16 ? nullptr : scales + r0, acc);
     for (int t = 0; t < T; ++t) update(a, r0, t0 + t, acc[t]);
