@@ -387,6 +387,21 @@ class Batcher:
             raise req.error
         return req.result
 
+    def _call(self, req: _Request, timeout: float | None) -> np.ndarray:
+        """A blocking caller's request: run inline on an idle Batcher, else queued and awaited."""
+        out: np.ndarray
+        if self._claim(req):
+            self._run_inline(req)
+            if req.error is not None:
+                raise req.error
+            out = req.result
+            return out
+        req.lock = threading.Lock()
+        req.lock.acquire()
+        self._enqueue(req)
+        out = self._wait(req, timeout)
+        return out
+
     def predict(self, x: ArrayLike, *, lengths: ArrayLike | None = None, padding: str = "post",
                 timeout: float | None = None) -> np.ndarray:
         """Run ``x`` together with other callers' requests; blocks until the answer is ready.
@@ -410,19 +425,7 @@ class Batcher:
             RuntimeError: the Batcher is closed.
         """
         timeout = _check_timeout(timeout)
-        req = self._predict_request(x, lengths, padding)
-        out: np.ndarray
-        if self._claim(req):
-            self._run_inline(req)
-            if req.error is not None:
-                raise req.error
-            out = req.result
-            return out
-        req.lock = threading.Lock()
-        req.lock.acquire()
-        self._enqueue(req)
-        out = self._wait(req, timeout)
-        return out
+        return self._call(self._predict_request(x, lengths, padding), timeout)
 
     async def _await(self, req: _Request, timeout: float | None) -> Any:
         import asyncio
@@ -523,19 +526,7 @@ class Batcher:
             Overloaded, TimeoutError, RuntimeError: as for :meth:`predict`.
         """
         timeout = _check_timeout(timeout)
-        req = self._feed_request(stream, x)
-        out: np.ndarray
-        if self._claim(req):
-            self._run_inline(req)
-            if req.error is not None:
-                raise req.error
-            out = req.result
-            return out
-        req.lock = threading.Lock()
-        req.lock.acquire()
-        self._enqueue(req)
-        out = self._wait(req, timeout)
-        return out
+        return self._call(self._feed_request(stream, x), timeout)
 
     async def feed_async(self, stream: Any, x: ArrayLike, *, timeout: float | None = None) -> np.ndarray:
         """:meth:`feed` for asyncio (no thread per awaiting request)."""
