@@ -383,6 +383,11 @@ class Batcher:
             if self._drop(req):
                 raise TimeoutError(f"the request did not start within timeout={timeout} s; it was dropped")
             req.lock.acquire()  # it started: it finishes soon, and its answer is kept
+        return self._answer(req)
+
+    @staticmethod
+    def _answer(req: _Request) -> Any:
+        """A finished request's result, or its error raised."""
         if req.error is not None:
             raise req.error
         return req.result
@@ -392,14 +397,12 @@ class Batcher:
         out: np.ndarray
         if self._claim(req):
             self._run_inline(req)
-            if req.error is not None:
-                raise req.error
-            out = req.result
-            return out
-        req.lock = threading.Lock()
-        req.lock.acquire()
-        self._enqueue(req)
-        out = self._wait(req, timeout)
+            out = self._answer(req)
+        else:
+            req.lock = threading.Lock()
+            req.lock.acquire()
+            self._enqueue(req)
+            out = self._wait(req, timeout)
         return out
 
     def predict(self, x: ArrayLike, *, lengths: ArrayLike | None = None, padding: str = "post",
