@@ -76,10 +76,11 @@ void check_shape(const FArray& a, std::vector<py::ssize_t> shape, const char* na
 // One recurrent step of `cell` through the table of `isa`: the weights packed
 // as the engine packs them, every row of h_prev/xp (and c_prev) one sequence.
 // Returns (h_next, c_next or None, seconds per step over `reps` repetitions).
-py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray w_hh, FArray xp,
+py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray w_hh, py::object xp_obj,
                          FArray h_prev, py::object c_prev_obj, py::object b_hn_obj, bool reset_after,
                          const std::string& act, const std::string& ract, int reps,
-                         bool tiles_backward) {
+                         bool tiles_backward, py::object w_ih_obj, py::object x_obj,
+                         py::object bias_obj, bool fused) {
   const KernelTable& k = kernels_for(isa);
   const bool lstm = cell == "lstm", gru = cell == "gru";
   if (!lstm && !gru && cell != "rnn") throw std::invalid_argument("cell must be lstm, gru or rnn");
@@ -92,7 +93,45 @@ py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray
   if (h_prev.ndim() != 2 || h_prev.shape(0) < 1) throw std::invalid_argument("h_prev must be (n, H)");
   const int n = static_cast<int>(h_prev.shape(0));
   check_shape(h_prev, {n, H}, "h_prev");
-  check_shape(xp, {n, G * H}, "xp");
+  // The input projections: given (xp), or from layer inputs x and W_x (+ bias)
+  // through the table's gemm as the engine's blocks do, or (fused) computed
+  // by the step kernel itself (StepArgs::wx).
+  FArray xp, w_ih, x, bias;
+  std::vector<float> xp_gemm;
+  GemmWeights gx;
+  RecWeights rx;
+  AlignedBuffer bx;
+  const bool from_x = !w_ih_obj.is_none();
+  if (from_x) {
+    if (!xp_obj.is_none()) throw std::invalid_argument("give xp or w_ih and x, not both");
+    w_ih = w_ih_obj.cast<FArray>();
+    x = x_obj.cast<FArray>();
+    if (w_ih.ndim() != 2 || w_ih.shape(1) < 1) throw std::invalid_argument("w_ih must be (G*H, In)");
+    const int in = static_cast<int>(w_ih.shape(1));
+    check_shape(w_ih, {G * H, in}, "w_ih");
+    check_shape(x, {n, in}, "x");
+    const bool has_bias = !bias_obj.is_none();
+    if (has_bias) {
+      bias = bias_obj.cast<FArray>();
+      check_shape(bias, {G * H}, "bias");
+    }
+    if (fused) {
+      if (gru && !reset_after) throw std::invalid_argument("fused: GRU reset_after=False reads xp twice");
+      std::vector<int> gates(static_cast<std::size_t>(G));
+      std::iota(gates.begin(), gates.end(), 0);
+      pack_rec(w_ih.data(), H, in, gates, k.rec_tile, &rx);
+      pack_tile_values(has_bias ? bias.data() : nullptr, H, G, k.rec_tile, &bx);
+    } else {
+      pack_gemm(w_ih.data(), G * H, in, has_bias ? bias.data() : nullptr, k.gemm_nr, &gx);
+      xp_gemm.resize(static_cast<std::size_t>(n) * G * H);
+      k.gemm(gx.view, x.data(), static_cast<std::size_t>(in), n, xp_gemm.data(),
+             static_cast<std::size_t>(G) * H);
+    }
+  } else {
+    if (fused) throw std::invalid_argument("fused needs w_ih and x");
+    xp = xp_obj.cast<FArray>();
+    check_shape(xp, {n, G * H}, "xp");
+  }
   FArray c_prev;
   if (lstm) {
     c_prev = c_prev_obj.cast<FArray>();
@@ -123,8 +162,14 @@ py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray
   a.n = n;
   a.h_prev = h_prev.data();
   a.ld_h = static_cast<std::size_t>(H);
-  a.xp = xp.data();
+  a.xp = from_x ? (fused ? nullptr : xp_gemm.data()) : xp.data();
   a.ld_xp = static_cast<std::size_t>(G) * H;
+  if (fused) {
+    a.wx = &rx.view;
+    a.bx = bx.data();
+    a.x = x.data();
+    a.ld_x = static_cast<std::size_t>(w_ih.shape(1));
+  }
   a.b_hn = has_b_hn ? b_hn.data() : nullptr;
   a.c_prev = lstm ? c_prev.data() : nullptr;
   a.c_next = c_next.data();
@@ -215,10 +260,13 @@ void register_testing(py::module_& m) {
         py::arg("xp"), py::arg("h_prev"), py::arg("c_prev") = py::none(), py::arg("b_hn") = py::none(),
         py::arg("reset_after") = true, py::arg("activation") = "tanh",
         py::arg("recurrent_activation") = "sigmoid", py::arg("reps") = 1,
-        py::arg("tiles_backward") = false,
+        py::arg("tiles_backward") = false, py::arg("w_ih") = py::none(), py::arg("x") = py::none(),
+        py::arg("bias") = py::none(), py::arg("fused") = false,
         "One fp32 recurrent step (rows = sequences) through the ISA's step kernel: "
         "(h_next, c_next or None, seconds per step over reps repetitions); tiles_backward "
-        "visits the unit tiles last to first (StepArgs::tiles_backward).");
+        "visits the unit tiles last to first (StepArgs::tiles_backward). With xp=None, "
+        "w_ih (G*H, In), x (n, In) and bias (G*H or None) give the projections: through the "
+        "table's gemm, or with fused=True computed by the step kernel (StepArgs::wx).");
   t.def(
       "split_batch_weighted",
       [](const std::vector<int>& lengths, const std::vector<double>& speeds, int min_rows) {

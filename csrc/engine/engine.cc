@@ -100,9 +100,24 @@ PackedModel Engine::pack(ModelDesc desc, const TensorMap& tensors, int threads,
         pack_rec(w_hh, H, P, gates, tile, &dw.wh, layout);
       }
       if (L.proj_size > 0) pack_gemm(get(pre + "w_hr", {P, H}), P, H, nullptr, nr, &dw.wr);
-      if (i == 0 && md.tokens &&
-          static_cast<std::size_t>(md.vocab_size) * GH * L.dirs() * sizeof(float) <=
-              kMaxTokenProjectionBytes) {
+      const bool token_table = i == 0 && md.tokens &&
+                               static_cast<std::size_t>(md.vocab_size) * GH * L.dirs() * sizeof(float) <=
+                                   kMaxTokenProjectionBytes;
+      // The plain step kernels can compute the input projection tile by tile
+      // (StepArgs::wx), with the gemm's arithmetic: fp32 W_x, every gate's xp
+      // read once by one update (not GRU reset-before), small tiles.
+      const std::size_t tile_bytes = static_cast<std::size_t>(G) * tile * sizeof(float);
+      const bool fuses_input = !token_table && w_ih.type == WType::kF32 && layout == RecLayout::kPlain &&
+                               !(L.cell == Cell::kGru && !L.reset_after) &&
+                               static_cast<std::size_t>(in) * tile_bytes <= kMaxFusedTileBytes &&
+                               static_cast<std::size_t>(P) * tile_bytes <= kMaxFusedTileBytes;
+      if (fuses_input) {
+        std::vector<int> gates(static_cast<size_t>(G));
+        std::iota(gates.begin(), gates.end(), 0);
+        pack_rec(w_ih, H, in, gates, tile, &dw.wx_step);
+        pack_tile_values(L.bias ? folded.data() : nullptr, H, G, tile, &dw.bx_step);
+      }
+      if (token_table) {
         dw.token_proj = AlignedBuffer(static_cast<std::size_t>(md.vocab_size) * GH);
         m.kernels->gemm(dw.wx.view, m.embedding.data(), static_cast<std::size_t>(in),
                        md.vocab_size, dw.token_proj.data(), static_cast<std::size_t>(GH));

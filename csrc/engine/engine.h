@@ -86,6 +86,10 @@ class Engine {
   // Budget for the first layer's per-token projection table; larger
   // vocabularies keep the gemm (the table would not stay in cache anyway).
   static constexpr std::size_t kMaxTokenProjectionBytes = std::size_t{256} << 20;
+  // Largest unit tile of W_x (and of W_h) in bytes for which a layer's steps
+  // compute its input projection themselves (StepArgs::wx): both tiles then
+  // stay in L1 while every row group passes over them.
+  static constexpr std::size_t kMaxFusedTileBytes = std::size_t{16} << 10;
   static PackedModel pack(ModelDesc desc, const TensorMap& tensors, int threads,
                           const KernelTable* kernels);
 

@@ -35,6 +35,10 @@ inline void prefetch_bytes(const void* p, std::size_t bytes) {
 // overlap.
 constexpr int kGatherAhead = 4;
 
+// Fewest sequences for which a layer with packed step input weights
+// (DirWeights::wx_step) computes its projections in the step kernels.
+constexpr int kFusedMinRows = 8;
+
 void copy_rows(const float* src, std::size_t lds, float* dst, std::size_t ldd, int rows,
                int cols) {
   for (int r = 0; r < rows; ++r)
@@ -223,8 +227,15 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   // table; copying it first cost more than the step's reads of it (the copy
   // waited for the whole 4 KiB row of an LSTM(256) at once).
   const bool table_rows = dw.token_proj.size() != 0 && ws.batch == 1;
-  if (projected || table_rows) {
-    // Done by kProject units into ws.proj, or read from the table (below).
+  // Many rows of a small layer: the steps compute the projections tile by
+  // tile themselves (StepArgs::wx), bit-identical to the gemm's, while the
+  // tile's weights and the rows are in L1, instead of the block's gemm
+  // writing them to L2 for the steps to read back.
+  const bool fused = dw.wx_step.view.data != nullptr && dw.token_proj.size() == 0 && !projected &&
+                     ws.batch >= kFusedMinRows;
+  if (projected || table_rows || fused) {
+    // Done by kProject units into ws.proj, read from the table, or computed
+    // by the step kernels (below).
   } else if (dw.token_proj.size() != 0) {
     const std::size_t bytes = static_cast<std::size_t>(GH) * sizeof(float);
     auto row_of = [&](int i) {
@@ -274,6 +285,11 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   a.hq = sc.hq.data();
   a.act = L.act;
   a.ract = L.ract;
+  if (fused) {
+    a.wx = &dw.wx_step.view;
+    a.bx = dw.bx_step.data();
+    a.ld_x = static_cast<std::size_t>(in_w);
+  }
   a.tile_begin = u0 / m.kernels->rec_tile;
   a.tile_end = slice != nullptr ? u1 / m.kernels->rec_tile : -1;
   const bool proj = L.proj_size > 0;
@@ -329,6 +345,8 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
       a.xp = ws.proj[2 * static_cast<size_t>(u.layer) + static_cast<size_t>(u.dir)].data() + row0 * GH;
     else if (table_rows)
       a.xp = dw.token_proj.data() + static_cast<std::size_t>(ws.token[static_cast<size_t>(row0)]) * GH;
+    else if (fused)
+      a.x = in + row0 * in_w;
     else
       a.xp = sc.xproj.data() + (row0 - r0) * GH;
     a.c_prev = c_prev;

@@ -25,6 +25,12 @@ struct DirWeights {
   // entry (vocab x G*H), so a step's projection is a row lookup instead of a
   // gemm. Computed by the same gemm kernel, so the bits are the same.
   AlignedBuffer token_proj;
+  // Small layers reading a hidden sequence (or features): W_x packed like
+  // the recurrent weights, and the folded biases per (unit tile, gate, lane),
+  // for the step kernels' fused input projection (StepArgs::wx). Empty when
+  // the layer does not qualify (engine.cc, fuses_input).
+  RecWeights wx_step;
+  AlignedBuffer bx_step;
 };
 
 struct LayerWeights {

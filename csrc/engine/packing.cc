@@ -203,6 +203,18 @@ void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, i
   out->view.tile = tile;
 }
 
+void pack_tile_values(const float* values, int h, int gates, int tile, AlignedBuffer* out) {
+  const int tiles = (h + tile - 1) / tile;
+  *out = AlignedBuffer(static_cast<std::size_t>(tiles) * gates * tile);
+  float* o = out->data();
+  for (int t = 0; t < tiles; ++t)
+    for (int g = 0; g < gates; ++g)
+      for (int u = 0; u < tile; ++u) {
+        const int unit = t * tile + u;
+        *o++ = values != nullptr && unit < h ? values[static_cast<std::size_t>(g) * h + unit] : 0.0f;
+      }
+}
+
 PackedGemm gemm_columns(const PackedGemm& w, int col0, int ncols) {
   PackedGemm v = w;
   // A panel holds K elements per output, K rounded up to whole k-groups in

@@ -126,6 +126,16 @@ struct StepArgs {
   std::size_t ld_h = 0;
   const float* xp = nullptr;      // n x (G*H) input projections + folded biases, stride ld_xp
   std::size_t ld_xp = 0;
+  // Fused input projection (plain fp32 kernels only): with wx set, the step
+  // computes each row's x W_x^T + b itself, unit tile by unit tile, right
+  // before the tile's recurrent product, and xp is not read. Per element the
+  // operations are the gemm's (acc = 0, fma along k = 0..K-1, + bias), so the
+  // result is bit-identical to xp from gemm(); only the memory traffic and the
+  // separate pass over the block go away (small stacked layers, many rows).
+  const PackedRec* wx = nullptr;  // W_x packed like w (all G gates, k = input width), fp32
+  const float* bx = nullptr;      // folded biases per (tile, gate, lane); zero past H or if none
+  const float* x = nullptr;       // n x wx->k layer inputs, stride ld_x
+  std::size_t ld_x = 0;
   const float* b_hn = nullptr;    // GRU reset-after: H recurrent candidate biases, or nullptr
   const float* c_prev = nullptr;  // LSTM: n x H cell state, stride ld_c
   float* c_next = nullptr;        // LSTM: n x H

@@ -4,7 +4,10 @@
 //
 // Equations: docs/format.md ("Cell equations"). The input projection
 // W_x x + b (all biases that are outside the reset gate folded in) arrives
-// precomputed in `xp`, so a step only streams the recurrent weights.
+// precomputed in `xp`, so a step only streams the recurrent weights; or, for
+// small layers at many rows (StepArgs::wx), each row group computes it per
+// unit tile just before the recurrent product, with the gemm's operations,
+// so that the gate sums are the same bits either way.
 // Layout: PackedRec (kernels.h): unit tiles of kLanes units, each holding all
 // G gates for every k, so the update of a tile's units follows its product
 // while the gate sums are still in registers. Rows (sequences) are processed
@@ -185,6 +188,21 @@ inline void st(float* p, typename Ops<I>::V v, int nu) {
     Ops<I>::store_n(p, v, nu);
 }
 
+// Where an update reads the input projections of its rows: gate g of row r
+// (r counted from the group's first row) at p + r * ld_row + g * ld_gate.
+// From the block's xp (xp_of), or from the tile-local buffer a fused input
+// projection wrote (fused_x).
+struct XpRef {
+  const float* p;
+  std::size_t ld_row;
+  std::size_t ld_gate;
+};
+
+template <Isa I>
+RNNINFER_INLINE XpRef xp_of(const StepArgs& a, int r0, int tile) {
+  return XpRef{a.xp + r0 * a.ld_xp + tile * Ops<I>::kLanes, a.ld_xp, static_cast<std::size_t>(a.w->h)};
+}
+
 // Gate and candidate activations; the common (sigmoid, tanh) pair skips the
 // switch so the compiler can inline and schedule the polynomials.
 template <Isa I, bool kDefault>
@@ -204,7 +222,8 @@ struct Acts {
 // are shared by the widen-in-registers products below and the dot-product
 // kernels of recurrent_dot_avx512-inl.h.
 template <Isa I, int RB, bool kDefault>
-RNNINFER_INLINE void lstm_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][4]) {
+RNNINFER_INLINE void lstm_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][4],
+                                 XpRef xs) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -213,11 +232,11 @@ RNNINFER_INLINE void lstm_update(const StepArgs& a, int r0, int tile, typename O
   const int nu = H - u0 < L ? H - u0 : L;
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
-    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const float* xp = xs.p + r * xs.ld_row;
     const V gi = f.gate(O::add(acc[r][0], ld<I>(xp, nu)));
-    const V gf = f.gate(O::add(acc[r][1], ld<I>(xp + H, nu)));
-    const V gg = f.cand(O::add(acc[r][2], ld<I>(xp + 2 * H, nu)));
-    const V go = f.gate(O::add(acc[r][3], ld<I>(xp + 3 * H, nu)));
+    const V gf = f.gate(O::add(acc[r][1], ld<I>(xp + xs.ld_gate, nu)));
+    const V gg = f.cand(O::add(acc[r][2], ld<I>(xp + 2 * xs.ld_gate, nu)));
+    const V go = f.gate(O::add(acc[r][3], ld<I>(xp + 3 * xs.ld_gate, nu)));
     const V c = O::fma(gf, ld<I>(a.c_prev + (r0 + r) * a.ld_c + u0, nu), O::mul(gi, gg));
     st<I>(a.c_next + (r0 + r) * a.ld_c + u0, c, nu);
     const V h = O::mul(go, f.cand(c));
@@ -227,7 +246,8 @@ RNNINFER_INLINE void lstm_update(const StepArgs& a, int r0, int tile, typename O
 }
 
 template <Isa I, int RB, bool kDefault>
-RNNINFER_INLINE void gru_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][3]) {
+RNNINFER_INLINE void gru_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][3],
+                                 XpRef xs) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -237,10 +257,10 @@ RNNINFER_INLINE void gru_update(const StepArgs& a, int r0, int tile, typename Op
   const Acts<I, kDefault> f{a.act, a.ract};
   const V bhn = a.b_hn ? ld<I>(a.b_hn + u0, nu) : O::zero();
   for (int r = 0; r < RB; ++r) {
-    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const float* xp = xs.p + r * xs.ld_row;
     const V gr = f.gate(O::add(acc[r][0], ld<I>(xp, nu)));
-    const V gz = f.gate(O::add(acc[r][1], ld<I>(xp + H, nu)));
-    const V gn = f.cand(O::fma(gr, O::add(acc[r][2], bhn), ld<I>(xp + 2 * H, nu)));
+    const V gz = f.gate(O::add(acc[r][1], ld<I>(xp + xs.ld_gate, nu)));
+    const V gn = f.cand(O::fma(gr, O::add(acc[r][2], bhn), ld<I>(xp + 2 * xs.ld_gate, nu)));
     const V hp = ld<I>(a.h_prev + (r0 + r) * a.ld_h + u0, nu);
     const V h = O::fma(gz, hp, O::mul(O::sub(O::set1(1.0f), gz), gn));
     st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
@@ -251,7 +271,8 @@ RNNINFER_INLINE void gru_update(const StepArgs& a, int r0, int tile, typename Op
 // GRU with the reset gate before the product, pass 1: r and z, then r*h and
 // z are parked in scratch (n x H each) for pass 2, which needs r*h of all units.
 template <Isa I, int RB, bool kDefault>
-RNNINFER_INLINE void gru_rb_update1(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][2]) {
+RNNINFER_INLINE void gru_rb_update1(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][2],
+                                 XpRef xs) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -262,9 +283,9 @@ RNNINFER_INLINE void gru_rb_update1(const StepArgs& a, int r0, int tile, typenam
   float* zs = a.scratch;
   float* rh = a.scratch + static_cast<std::size_t>(a.n) * H;
   for (int r = 0; r < RB; ++r) {
-    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const float* xp = xs.p + r * xs.ld_row;
     const V gr = f.gate(O::add(acc[r][0], ld<I>(xp, nu)));
-    const V gz = f.gate(O::add(acc[r][1], ld<I>(xp + H, nu)));
+    const V gz = f.gate(O::add(acc[r][1], ld<I>(xp + xs.ld_gate, nu)));
     const V hp = ld<I>(a.h_prev + (r0 + r) * a.ld_h + u0, nu);
     st<I>(zs + (r0 + r) * H + u0, gz, nu);
     st<I>(rh + (r0 + r) * H + u0, O::mul(gr, hp), nu);
@@ -272,7 +293,8 @@ RNNINFER_INLINE void gru_rb_update1(const StepArgs& a, int r0, int tile, typenam
 }
 
 template <Isa I, int RB, bool kDefault>
-RNNINFER_INLINE void gru_rb_update2(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1]) {
+RNNINFER_INLINE void gru_rb_update2(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1],
+                                 XpRef xs) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -282,8 +304,8 @@ RNNINFER_INLINE void gru_rb_update2(const StepArgs& a, int r0, int tile, typenam
   const float* zs = a.scratch;
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
-    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
-    const V gn = f.cand(O::add(acc[r][0], ld<I>(xp + 2 * H, nu)));
+    const float* xp = xs.p + r * xs.ld_row;
+    const V gn = f.cand(O::add(acc[r][0], ld<I>(xp + 2 * xs.ld_gate, nu)));
     const V gz = ld<I>(zs + (r0 + r) * H + u0, nu);
     const V hp = ld<I>(a.h_prev + (r0 + r) * a.ld_h + u0, nu);
     const V h = O::fma(gz, hp, O::mul(O::sub(O::set1(1.0f), gz), gn));
@@ -293,18 +315,44 @@ RNNINFER_INLINE void gru_rb_update2(const StepArgs& a, int r0, int tile, typenam
 }
 
 template <Isa I, int RB>
-RNNINFER_INLINE void rnn_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1]) {
+RNNINFER_INLINE void rnn_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1],
+                                XpRef xs) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
   const int u0 = tile * L;
   const int nu = a.w->h - u0 < L ? a.w->h - u0 : L;
   for (int r = 0; r < RB; ++r) {
-    const float* xp = a.xp + (r0 + r) * a.ld_xp + u0;
+    const float* xp = xs.p + r * xs.ld_row;
     const V h = act::Math<I>::apply(a.act, O::add(acc[r][0], ld<I>(xp, nu)));
     st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
     if (a.y) st<I>(a.y + (r0 + r) * a.ld_y + u0, h, nu);
   }
+}
+
+// Floats of the tile-local buffer of a fused input projection (rows_tiles).
+template <Isa I, int G, int RB, int TB>
+constexpr int fx_floats() {
+  return RB * TB * G * Ops<I>::kLanes;
+}
+
+// The fused input projection (StepArgs::wx) of RB rows x TB unit tiles from
+// `tile`: xb[((r * TB + j) * G + g) * kLanes + lane]. Per element the gemm's
+// operations (gemm-inl.h: acc = 0, fma along k = 0..K-1 in order, + bias;
+// a missing bias is packed as zeros, and the gemm adds zero then too), so the
+// values are bit for bit the xp that gemm() would have written.
+template <Isa I, int G, int RB, int TB>
+RNNINFER_INLINE void fused_x(const StepArgs& a, int r0, int tile, float* xb) {
+  using O = Ops<I>;
+  using V = typename O::V;
+  constexpr int L = O::kLanes;
+  V acc[RB][TB][G];
+  product_tiles<I, G, RB, TB, WType::kF32>(*a.wx, tile, a.x + r0 * a.ld_x, a.ld_x, acc);
+  for (int j = 0; j < TB; ++j)
+    for (int g = 0; g < G; ++g) {
+      const V b = O::load(a.bx + ((tile + j) * G + g) * L);
+      for (int r = 0; r < RB; ++r) O::store(xb + ((r * TB + j) * G + g) * L, O::add(acc[r][j][g], b));
+    }
 }
 
 // The product of RB rows x TB unit tiles from `tile` on, then `update` for
@@ -316,11 +364,16 @@ RNNINFER_INLINE void rows_tiles(const StepArgs& a, const PackedRec& pw, const fl
                                 std::size_t ld_h, int r0, int tile, Update update) {
   using V = typename Ops<I>::V;
   constexpr int L = Ops<I>::kLanes;
+  // Fused input projection (StepArgs::wx): this group's x W_x^T + b, parked
+  // in L1 for the update; xp is not read then.
+  const bool fx = a.wx != nullptr;
+  alignas(64) float xb[fx_floats<I, G, RB, TB>()];
+  if (fx) fused_x<I, G, RB, TB>(a, r0, tile, xb);
   if constexpr (TB == 1) {
     V acc[RB][G];
     product<I, G, RB, T>(pw, tile, h + r0 * ld_h, ld_h, acc, a.k_begin,
                          a.partial + static_cast<std::size_t>(r0) * G * L);
-    update(a, r0, tile, acc);
+    update(a, r0, tile, acc, fx ? XpRef{xb, G * L, L} : xp_of<I>(a, r0, tile));
   } else {
     assert(a.k_begin == 0);
     V acc[RB][TB][G];
@@ -329,7 +382,8 @@ RNNINFER_INLINE void rows_tiles(const StepArgs& a, const PackedRec& pw, const fl
       V one[RB][G];
       for (int r = 0; r < RB; ++r)
         for (int g = 0; g < G; ++g) one[r][g] = acc[r][j][g];
-      update(a, r0, tile + j, one);
+      update(a, r0, tile + j, one,
+             fx ? XpRef{xb + j * G * L, TB * G * L, L} : xp_of<I>(a, r0, tile + j));
     }
   }
 }
@@ -455,40 +509,40 @@ template <Isa I, bool kDefault>
 struct LstmUpdate {
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
-                                  typename Ops<I>::V (&acc)[R][4]) const {
-    lstm_update<I, R, kDefault>(a, r0, tile, acc);
+                                  typename Ops<I>::V (&acc)[R][4], XpRef xs) const {
+    lstm_update<I, R, kDefault>(a, r0, tile, acc, xs);
   }
 };
 template <Isa I, bool kDefault>
 struct GruUpdate {
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
-                                  typename Ops<I>::V (&acc)[R][3]) const {
-    gru_update<I, R, kDefault>(a, r0, tile, acc);
+                                  typename Ops<I>::V (&acc)[R][3], XpRef xs) const {
+    gru_update<I, R, kDefault>(a, r0, tile, acc, xs);
   }
 };
 template <Isa I>
 struct GruRbUpdate1 {
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
-                                  typename Ops<I>::V (&acc)[R][2]) const {
-    gru_rb_update1<I, R, false>(a, r0, tile, acc);
+                                  typename Ops<I>::V (&acc)[R][2], XpRef xs) const {
+    gru_rb_update1<I, R, false>(a, r0, tile, acc, xs);
   }
 };
 template <Isa I>
 struct GruRbUpdate2 {
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
-                                  typename Ops<I>::V (&acc)[R][1]) const {
-    gru_rb_update2<I, R, false>(a, r0, tile, acc);
+                                  typename Ops<I>::V (&acc)[R][1], XpRef xs) const {
+    gru_rb_update2<I, R, false>(a, r0, tile, acc, xs);
   }
 };
 template <Isa I>
 struct RnnUpdate {
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
-                                  typename Ops<I>::V (&acc)[R][1]) const {
-    rnn_update<I, R>(a, r0, tile, acc);
+                                  typename Ops<I>::V (&acc)[R][1], XpRef xs) const {
+    rnn_update<I, R>(a, r0, tile, acc, xs);
   }
 };
 
@@ -523,6 +577,7 @@ void gru_reset_before_step(const StepArgs& a) {
   assert(a.w->layout == RecLayout::kPlain);
   assert(a.h_prev != a.h_next && a.scratch != nullptr && a.w2 != nullptr);
   assert(a.w->type == a.w2->type);
+  assert(a.wx == nullptr);  // its xp is read by both passes: not fused
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
     for_rows<I, 2, RB, T>(a, *a.w, a.h_prev, a.ld_h, GruRbUpdate1<I>());

@@ -172,6 +172,7 @@ inline void dot_rows(const StepArgs& a, const PackedRec& pw, const uint32_t* q, 
   // Unit tiles [tb, te): all, or this thread's slice in a split plan.
   const int tb = a.tile_begin;
   const int te = a.tile_end < 0 ? (pw.h + 15) / 16 : a.tile_end;
+  assert(a.wx == nullptr);  // fused input projections are the plain kernels' (kernels.h)
   const int n = a.n;
   auto run = [&](auto rows_c, auto tiles_c, int r0, int t0) {
     constexpr int R = decltype(rows_c)::value;
@@ -242,9 +243,9 @@ void lstm_step(const StepArgs& a) {
     auto up = [dflt](const StepArgs& b, int r0, int t, auto& acc) {
       constexpr int R = static_cast<int>(sizeof(acc) / sizeof(acc[0]));
       if (dflt)
-        rec_impl::lstm_update<I, R, true>(b, r0, t, acc);
+        rec_impl::lstm_update<I, R, true>(b, r0, t, acc, rec_impl::xp_of<I>(b, r0, t));
       else
-        rec_impl::lstm_update<I, R, false>(b, r0, t, acc);
+        rec_impl::lstm_update<I, R, false>(b, r0, t, acc, rec_impl::xp_of<I>(b, r0, t));
     };
     dot_rows<4, B>(a, *a.w, q, qs, sc, up);
   });
@@ -262,9 +263,9 @@ void gru_step(const StepArgs& a) {
     auto up = [dflt](const StepArgs& b, int r0, int t, auto& acc) {
       constexpr int R = static_cast<int>(sizeof(acc) / sizeof(acc[0]));
       if (dflt)
-        rec_impl::gru_update<I, R, true>(b, r0, t, acc);
+        rec_impl::gru_update<I, R, true>(b, r0, t, acc, rec_impl::xp_of<I>(b, r0, t));
       else
-        rec_impl::gru_update<I, R, false>(b, r0, t, acc);
+        rec_impl::gru_update<I, R, false>(b, r0, t, acc, rec_impl::xp_of<I>(b, r0, t));
     };
     dot_rows<3, B>(a, *a.w, q, qs, sc, up);
   });
@@ -280,7 +281,7 @@ void gru_reset_before_step(const StepArgs& a) {
     std::size_t qs = convert(a, *a.w, a.h_prev, a.ld_h, &q, &sc);
     dot_rows<2, B>(a, *a.w, q, qs, sc, [](const StepArgs& b, int r0, int t, auto& acc) {
       constexpr int R = static_cast<int>(sizeof(acc) / sizeof(acc[0]));
-      rec_impl::gru_rb_update1<I, R, false>(b, r0, t, acc);
+      rec_impl::gru_rb_update1<I, R, false>(b, r0, t, acc, rec_impl::xp_of<I>(b, r0, t));
     });
     // Pass 2 reads r*h of every unit, complete now; converted like h.
     const int H = a.w->h;
@@ -288,7 +289,7 @@ void gru_reset_before_step(const StepArgs& a) {
                  static_cast<std::size_t>(H), &q, &sc);
     dot_rows<1, B>(a, *a.w2, q, qs, sc, [](const StepArgs& b, int r0, int t, auto& acc) {
       constexpr int R = static_cast<int>(sizeof(acc) / sizeof(acc[0]));
-      rec_impl::gru_rb_update2<I, R, false>(b, r0, t, acc);
+      rec_impl::gru_rb_update2<I, R, false>(b, r0, t, acc, rec_impl::xp_of<I>(b, r0, t));
     });
   });
 }
@@ -303,7 +304,7 @@ void rnn_step(const StepArgs& a) {
     constexpr bool B = decltype(bc)::value;
     dot_rows<1, B>(a, *a.w, q, qs, sc, [](const StepArgs& b, int r0, int t, auto& acc) {
       constexpr int R = static_cast<int>(sizeof(acc) / sizeof(acc[0]));
-      rec_impl::rnn_update<I, R>(b, r0, t, acc);
+      rec_impl::rnn_update<I, R>(b, r0, t, acc, rec_impl::xp_of<I>(b, r0, t));
     });
   });
 }

@@ -96,6 +96,57 @@ def test_rows_same_bits_on_every_path_and_match_float64(isa, rng, cell, G, reset
         np.testing.assert_array_equal(cn[rev], full_c)
 
 
+# Layer input widths for the fused input projection: a token model's
+# embedding, a hidden width below, at and past one vector, odd ones.
+IN_WIDTHS = (1, 5, 16, 33, 64)
+
+
+@pytest.mark.parametrize(("cell", "G", "reset_after"), [c for c in CELLS if c[2] or c[0] != "gru"],
+                         ids=["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("H", HIDDEN)
+def test_fused_input_projection_gives_the_gemms_bits(isa, rng, cell, G, reset_after, H):
+    # StepArgs::wx: the step computes x W_x^T + b per unit tile itself. The
+    # engine mixes it with the gemm path (by batch size), so every row must get
+    # exactly the bits of the gemm's xp, on every row path, with and without bias.
+    n = max(ROWS)
+    w, _, h, c, b_hn = _inputs(rng, G, H, n)
+    for In in IN_WIDTHS:
+        w_ih = (rng.standard_normal((G * H, In)) / np.sqrt(In)).astype(np.float32)
+        x = rng.standard_normal((n, In)).astype(np.float32)
+        for bias in (rng.standard_normal(G * H).astype(np.float32), None):
+            kw = {"reset_after": reset_after, "w_ih": w_ih, "bias": bias}
+            args = (c if cell == "lstm" else None, b_hn if cell == "gru" else None)
+            ref_h, ref_c, _ = T.recurrent_step(isa, cell, w, None, h, *args, x=x, **kw)
+            for rows in ROWS:
+                for backward in (False, True):
+                    hn, cn, _ = T.recurrent_step(isa, cell, w, None, h[:rows],
+                                                 c[:rows] if cell == "lstm" else None, args[1],
+                                                 x=x[:rows], fused=True, tiles_backward=backward, **kw)
+                    msg = f"In={In} bias={bias is not None} rows={rows} backward={backward}"
+                    np.testing.assert_array_equal(hn, ref_h[:rows], err_msg=msg)
+                    if cn is not None:
+                        np.testing.assert_array_equal(cn, ref_c[:rows], err_msg=msg)
+    # And the gemm path is the float64 step of W_x x + b.
+    xp = x.astype(np.float64) @ w_ih.T.astype(np.float64)
+    ref = _reference(cell, reset_after, w, xp.astype(np.float32), h, c, b_hn)[0]
+    np.testing.assert_allclose(ref_h, ref, atol=2e-5, rtol=0)
+
+
+def test_fused_input_projection_rejects_what_it_cannot_do():
+    w = np.zeros((6, 2), np.float32)
+    h = np.zeros((1, 2), np.float32)
+    x = np.zeros((1, 3), np.float32)
+    w_ih = np.zeros((6, 3), np.float32)
+    with pytest.raises(ValueError, match="reset_after"):
+        T.recurrent_step("scalar", "gru", w, None, h, reset_after=False, w_ih=w_ih, x=x, fused=True)
+    with pytest.raises(ValueError, match="not both"):
+        T.recurrent_step("scalar", "gru", w, np.zeros((1, 6), np.float32), h, w_ih=w_ih, x=x)
+    with pytest.raises(ValueError, match="needs w_ih"):
+        T.recurrent_step("scalar", "gru", w, np.zeros((1, 6), np.float32), h, fused=True)
+    with pytest.raises(ValueError, match="x has"):
+        T.recurrent_step("scalar", "gru", w, None, h, w_ih=w_ih, x=np.zeros((1, 4), np.float32))
+
+
 @pytest.mark.parametrize("H", [16, 32, 64])
 def test_non_default_activations_keep_row_bits(isa, rng, H):
     # The generic-activation body takes the same paths as the sigmoid/tanh one.
@@ -104,6 +155,13 @@ def test_non_default_activations_keep_row_bits(isa, rng, H):
     full, _, _ = T.recurrent_step(isa, "lstm", w, xp, h, c, **kw)
     for n in (1, 3, 4, 5):
         part, _, _ = T.recurrent_step(isa, "lstm", w, xp[:n], h[:n], c[:n], **kw)
+        np.testing.assert_array_equal(part, full[:n])
+    # The same with the input projection fused into the step.
+    w_ih = (rng.standard_normal((4 * H, 8)) / np.sqrt(8)).astype(np.float32)
+    x = rng.standard_normal((9, 8)).astype(np.float32)
+    full, _, _ = T.recurrent_step(isa, "lstm", w, None, h, c, w_ih=w_ih, x=x, **kw)
+    for n in (1, 3, 4, 5, 9):
+        part, _, _ = T.recurrent_step(isa, "lstm", w, None, h[:n], c[:n], w_ih=w_ih, x=x[:n], fused=True, **kw)
         np.testing.assert_array_equal(part, full[:n])
 
 
