@@ -165,6 +165,55 @@ def test_non_default_activations_keep_row_bits(isa, rng, H):
         np.testing.assert_array_equal(part, full[:n])
 
 
+def _lstm_cell(isa: str, xi: np.ndarray, xf: np.ndarray, xg: np.ndarray, xo: np.ndarray,
+               c_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(h, c) of one LSTM step with zero recurrent weights: the gate sums are xp exactly."""
+    H, n = 16, xi.size
+    xp = np.zeros((n, 4 * H), np.float32)
+    for g, v in enumerate((xi, xf, xg, xo)):
+        xp[:, g * H:(g + 1) * H] = v[:, None]
+    c0 = np.repeat(c_prev[:, None], H, 1).astype(np.float32)
+    hn, cn, _ = T.recurrent_step(isa, "lstm", np.zeros((4 * H, H), np.float32), xp,
+                                 np.zeros((n, H), np.float32), c0)
+    return hn[:, 0], cn[:, 0]
+
+
+def test_lstm_cell_products_are_accurate_everywhere(isa, rng):
+    # The default LSTM forms i * g and o * tanh(c) with one reciprocal each
+    # (activations-inl.h, sigmoid_times_tanh): as accurate as the two
+    # functions multiplied, from 0 to the clamps, infinities and NaN.
+    edges = [0.0, 1e-30, 1e-7, 1e-3, 0.1, 0.5, 1, 2, 5, 9, 20, 44, 50, 87, 88, 89, 100, 1e30, np.inf]
+    grid = np.array(sorted({s * e for e in edges for s in (1.0, -1.0)}), np.float32)
+    dense = np.concatenate([rng.uniform(-20, 20, 200), rng.standard_normal(200) * 3]).astype(np.float32)
+    vals = np.concatenate([grid, dense])
+
+    def sig(x: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+    # Rows of the scalar table's sigmoid lose relative accuracy below -8
+    # (activations-inl.h): 2e-6 there, 5e-7 on the SIMD tables.
+    rel_tol = 2e-6 if isa == "scalar" else 5e-7
+    y, x = (a.ravel() for a in np.meshgrid(vals, vals))
+    # c = sigmoid(i) * tanh(g): the forget gate closed (f = -inf), c_prev = 0.
+    _, c = _lstm_cell(isa, y, np.full_like(y, -np.inf), x, np.zeros_like(y), np.zeros_like(y))
+    ref = sig(y) * np.tanh(x.astype(np.float64))
+    # h = sigmoid(o) * tanh(c): f open, i closed, so c = c_prev (finite values).
+    cp = np.where(np.isfinite(x), x, 0).astype(np.float32)
+    h, c2 = _lstm_cell(isa, np.full_like(y, -np.inf), np.full_like(y, np.inf), np.zeros_like(y), y, cp)
+    ref2 = sig(y) * np.tanh(c2.astype(np.float64))
+    for got, want in ((c, ref), (h, ref2)):
+        assert not np.isnan(got).any()
+        err = np.abs(got - want)
+        assert err.max() <= 3e-7
+        big = np.abs(want) > 1e-30
+        assert (err[big] / np.abs(want[big])).max() <= rel_tol
+    nan = np.float32(np.nan)
+    h, c = _lstm_cell(isa, np.array([nan, 0], np.float32), np.zeros(2, np.float32),
+                      np.array([0, nan], np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32))
+    assert np.isnan(c).all() and np.isnan(h).all()
+
+
 def test_recurrent_step_rejects_bad_shapes():
     w = np.zeros((8, 2), np.float32)
     with pytest.raises(ValueError, match="cell"):
