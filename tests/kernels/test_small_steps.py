@@ -211,7 +211,8 @@ def test_lstm_cell_products_are_accurate_everywhere(isa, rng):
     nan = np.float32(np.nan)
     h, c = _lstm_cell(isa, np.array([nan, 0], np.float32), np.zeros(2, np.float32),
                       np.array([0, nan], np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32))
-    assert np.isnan(c).all() and np.isnan(h).all()
+    assert np.isnan(c).all()
+    assert np.isnan(h).all()
 
 
 def test_recurrent_step_rejects_bad_shapes():
