@@ -37,7 +37,7 @@ namespace rec_impl {
 
 // acc[r][g] += W_g(tile)[k0:k1] h_r[k0:k1] for the G gates of one unit tile.
 template <Isa I, int G, int RB, WType T>
-inline void accumulate(const PackedRec& pw, int tile, int k0, int k1, const float* h,
+RNNINFER_INLINE void accumulate(const PackedRec& pw, int tile, int k0, int k1, const float* h,
                        std::size_t ld_h, typename Ops<I>::V (&acc)[RB][G]) {
   using O = Ops<I>;
   using V = typename O::V;
@@ -60,7 +60,7 @@ inline void accumulate(const PackedRec& pw, int tile, int k0, int k1, const floa
 // from `partial` (G * kLanes floats per row): storing and reloading an
 // accumulator does not change it, so the result is bit-identical to one pass.
 template <Isa I, int G, int RB, WType T>
-inline void product(const PackedRec& pw, int tile, const float* h, std::size_t ld_h,
+RNNINFER_INLINE void product(const PackedRec& pw, int tile, const float* h, std::size_t ld_h,
                     typename Ops<I>::V (&acc)[RB][G], int k_begin, const float* partial) {
   using O = Ops<I>;
   using V = typename O::V;
@@ -109,7 +109,7 @@ constexpr int tiles_per_pass() {
 // acc[r][j][g] = W_g(tile0 + j) h_r for TB consecutive unit tiles, all of K
 // in one pass (no partial sums): the same per-element operations as product().
 template <Isa I, int G, int RB, int TB, WType T>
-inline void product_tiles(const PackedRec& pw, int tile0, const float* h, std::size_t ld_h,
+RNNINFER_INLINE void product_tiles(const PackedRec& pw, int tile0, const float* h, std::size_t ld_h,
                           typename Ops<I>::V (&acc)[RB][TB][G]) {
   using O = Ops<I>;
   using V = typename O::V;
@@ -233,21 +233,13 @@ RNNINFER_INLINE void lstm_update(const StepArgs& a, int r0, int tile, typename O
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
     const float* xp = xs.p + r * xs.ld_row;
+    const V gi = f.gate(O::add(acc[r][0], ld<I>(xp, nu)));
     const V gf = f.gate(O::add(acc[r][1], ld<I>(xp + xs.ld_gate, nu)));
-    const V si = O::add(acc[r][0], ld<I>(xp, nu));
-    const V sg = O::add(acc[r][2], ld<I>(xp + 2 * xs.ld_gate, nu));
-    const V so = O::add(acc[r][3], ld<I>(xp + 3 * xs.ld_gate, nu));
-    const V cp = ld<I>(a.c_prev + (r0 + r) * a.ld_c + u0, nu);
-    V c, h;
-    if constexpr (kDefault) {
-      // i * g and o * tanh(c) with one reciprocal each (activations-inl.h).
-      c = O::fma(gf, cp, act::Math<I>::sigmoid_times_tanh(si, sg));
-      h = act::Math<I>::sigmoid_times_tanh(so, c);
-    } else {
-      c = O::fma(gf, cp, O::mul(f.gate(si), f.cand(sg)));
-      h = O::mul(f.gate(so), f.cand(c));
-    }
+    const V gg = f.cand(O::add(acc[r][2], ld<I>(xp + 2 * xs.ld_gate, nu)));
+    const V go = f.gate(O::add(acc[r][3], ld<I>(xp + 3 * xs.ld_gate, nu)));
+    const V c = O::fma(gf, ld<I>(a.c_prev + (r0 + r) * a.ld_c + u0, nu), O::mul(gi, gg));
     st<I>(a.c_next + (r0 + r) * a.ld_c + u0, c, nu);
+    const V h = O::mul(go, f.cand(c));
     st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
     if (a.y) st<I>(a.y + (r0 + r) * a.ld_y + u0, h, nu);
   }
@@ -364,24 +356,20 @@ RNNINFER_INLINE void fused_x(const StepArgs& a, int r0, int tile, float* xb) {
 }
 
 // The product of RB rows x TB unit tiles from `tile` on, then `update` for
-// each tile. TB == 1 may resume from partial sums (k_begin > 0, see
-// product()); several tiles always run all of K in one pass (for_rows only
-// asks for them then). Either way each element gets the same operations.
-template <Isa I, int G, int RB, int TB, WType T, typename Update>
-RNNINFER_INLINE void rows_tiles(const StepArgs& a, const PackedRec& pw, const float* h,
-                                std::size_t ld_h, int r0, int tile, Update update) {
+// each tile, reading tile j's projections from xs(j). TB == 1 may resume
+// from partial sums (k_begin > 0, see product()); several tiles always run
+// all of K in one pass (for_rows only asks for them then). Either way each
+// element gets the same operations.
+template <Isa I, int G, int RB, int TB, WType T, typename Update, typename Xs>
+RNNINFER_INLINE void rows_tiles_with(const StepArgs& a, const PackedRec& pw, const float* h,
+                                     std::size_t ld_h, int r0, int tile, Update update, Xs xs) {
   using V = typename Ops<I>::V;
   constexpr int L = Ops<I>::kLanes;
-  // Fused input projection (StepArgs::wx): this group's x W_x^T + b, parked
-  // in L1 for the update; xp is not read then.
-  const bool fx = a.wx != nullptr;
-  alignas(64) float xb[fx_floats<I, G, RB, TB>()];
-  if (fx) fused_x<I, G, RB, TB>(a, r0, tile, xb);
   if constexpr (TB == 1) {
     V acc[RB][G];
     product<I, G, RB, T>(pw, tile, h + r0 * ld_h, ld_h, acc, a.k_begin,
                          a.partial + static_cast<std::size_t>(r0) * G * L);
-    update(a, r0, tile, acc, fx ? XpRef{xb, G * L, L} : xp_of<I>(a, r0, tile));
+    update(a, r0, tile, acc, xs(0));
   } else {
     assert(a.k_begin == 0);
     V acc[RB][TB][G];
@@ -390,9 +378,41 @@ RNNINFER_INLINE void rows_tiles(const StepArgs& a, const PackedRec& pw, const fl
       V one[RB][G];
       for (int r = 0; r < RB; ++r)
         for (int g = 0; g < G; ++g) one[r][g] = acc[r][j][g];
-      update(a, r0, tile + j, one,
-             fx ? XpRef{xb + j * G * L, TB * G * L, L} : xp_of<I>(a, r0, tile + j));
+      update(a, r0, tile + j, one, xs(j));
     }
+  }
+}
+
+// Where tile j (from a rows_tiles call's first) reads its projections: the
+// block's xp, or a fused projection's tile-local buffer (rows_tiles). Plain
+// structs, not lambdas, so that RNNINFER_INLINE holds: a call inside the
+// step spilled every register (the lone-row path ran ~2x slower).
+template <Isa I>
+struct XsBlock {
+  const StepArgs& a;
+  int r0, tile;
+  RNNINFER_INLINE XpRef operator()(int j) const { return xp_of<I>(a, r0, tile + j); }
+};
+template <Isa I, int G, int TB>
+struct XsLocal {
+  const float* xb;
+  RNNINFER_INLINE XpRef operator()(int j) const {
+    constexpr int L = Ops<I>::kLanes;
+    return XpRef{xb + j * G * L, static_cast<std::size_t>(TB * G * L), static_cast<std::size_t>(L)};
+  }
+};
+
+// rows_tiles_with the block's xp, or (Update::kFusedX) with this group's
+// x W_x^T + b computed first (StepArgs::wx) and parked in L1 for the update.
+template <Isa I, int G, int RB, int TB, WType T, typename Update>
+RNNINFER_INLINE void rows_tiles(const StepArgs& a, const PackedRec& pw, const float* h,
+                                std::size_t ld_h, int r0, int tile, Update update) {
+  if constexpr (Update::kFusedX) {
+    alignas(64) float xb[fx_floats<I, G, RB, TB>()];
+    fused_x<I, G, RB, TB>(a, r0, tile, xb);
+    rows_tiles_with<I, G, RB, TB, T>(a, pw, h, ld_h, r0, tile, update, XsLocal<I, G, TB>{xb});
+  } else {
+    rows_tiles_with<I, G, RB, TB, T>(a, pw, h, ld_h, r0, tile, update, XsBlock<I>{a, r0, tile});
   }
 }
 
@@ -515,6 +535,7 @@ inline void with_type(WType t, Body body) {
 // tile, acc) with acc[R][G] for any row count R.
 template <Isa I, bool kDefault>
 struct LstmUpdate {
+  static constexpr bool kFusedX = false;
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
                                   typename Ops<I>::V (&acc)[R][4], XpRef xs) const {
@@ -523,6 +544,7 @@ struct LstmUpdate {
 };
 template <Isa I, bool kDefault>
 struct GruUpdate {
+  static constexpr bool kFusedX = false;
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
                                   typename Ops<I>::V (&acc)[R][3], XpRef xs) const {
@@ -531,6 +553,7 @@ struct GruUpdate {
 };
 template <Isa I>
 struct GruRbUpdate1 {
+  static constexpr bool kFusedX = false;
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
                                   typename Ops<I>::V (&acc)[R][2], XpRef xs) const {
@@ -539,6 +562,7 @@ struct GruRbUpdate1 {
 };
 template <Isa I>
 struct GruRbUpdate2 {
+  static constexpr bool kFusedX = false;
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
                                   typename Ops<I>::V (&acc)[R][1], XpRef xs) const {
@@ -547,12 +571,40 @@ struct GruRbUpdate2 {
 };
 template <Isa I>
 struct RnnUpdate {
+  static constexpr bool kFusedX = false;
   template <int R>
   RNNINFER_INLINE void operator()(const StepArgs& a, int r0, int tile,
                                   typename Ops<I>::V (&acc)[R][1], XpRef xs) const {
     rnn_update<I, R>(a, r0, tile, acc, xs);
   }
 };
+
+// An update whose rows_tiles computes the input projections itself
+// (StepArgs::wx): its own instantiation of the whole row/tile walk.
+template <typename U>
+struct FusedX : U {
+  static constexpr bool kFusedX = true;
+};
+
+// for_rows fused with the input projection, in a function of its own, so
+// that the step entry's plain walk is compiled as it was without it (GCC's
+// inliner works to a budget per function; with both walks inlined it left
+// product() and product_tiles() out of line, a call per row group, until
+// they were marked RNNINFER_INLINE: batch-1 calls were 8-16 % slower).
+// Called once per step, the call costs nothing.
+template <Isa I, int G, int RB, WType T, typename Update>
+RNNINFER_NOINLINE void for_rows_fused(const StepArgs& a, Update update) {
+  for_rows<I, G, RB, T>(a, *a.w, a.h_prev, a.ld_h, FusedX<Update>{update});
+}
+
+// for_rows with `update`, fused with the input projection when the step has one.
+template <Isa I, int G, int RB, WType T, typename Update>
+inline void for_rows_x(const StepArgs& a, Update update) {
+  if (a.wx != nullptr)
+    for_rows_fused<I, G, RB, T>(a, update);
+  else
+    for_rows<I, G, RB, T>(a, *a.w, a.h_prev, a.ld_h, update);
+}
 
 template <Isa I, int RB>
 void lstm_step(const StepArgs& a) {
@@ -561,9 +613,9 @@ void lstm_step(const StepArgs& a) {
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
     if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
-      for_rows<I, 4, RB, T>(a, *a.w, a.h_prev, a.ld_h, LstmUpdate<I, true>());
+      for_rows_x<I, 4, RB, T>(a, LstmUpdate<I, true>());
     else
-      for_rows<I, 4, RB, T>(a, *a.w, a.h_prev, a.ld_h, LstmUpdate<I, false>());
+      for_rows_x<I, 4, RB, T>(a, LstmUpdate<I, false>());
   });
 }
 
@@ -574,9 +626,9 @@ void gru_step(const StepArgs& a) {
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
     if (a.act == Act::kTanh && a.ract == Act::kSigmoid)
-      for_rows<I, 3, RB, T>(a, *a.w, a.h_prev, a.ld_h, GruUpdate<I, true>());
+      for_rows_x<I, 3, RB, T>(a, GruUpdate<I, true>());
     else
-      for_rows<I, 3, RB, T>(a, *a.w, a.h_prev, a.ld_h, GruUpdate<I, false>());
+      for_rows_x<I, 3, RB, T>(a, GruUpdate<I, false>());
   });
 }
 
@@ -600,7 +652,7 @@ void rnn_step(const StepArgs& a) {
   assert(a.h_prev != a.h_next);
   with_type(a.w->type, [&](auto tc) {
     constexpr WType T = decltype(tc)::value;
-    for_rows<I, 1, RB, T>(a, *a.w, a.h_prev, a.ld_h, RnnUpdate<I>());
+    for_rows_x<I, 1, RB, T>(a, RnnUpdate<I>());
   });
 }
 

@@ -36,8 +36,10 @@
 // results (the operations and their order are the same).
 #if defined(_MSC_VER) && !defined(__clang__)
 #define RNNINFER_INLINE __forceinline
+#define RNNINFER_NOINLINE __declspec(noinline)
 #else
 #define RNNINFER_INLINE inline __attribute__((always_inline))
+#define RNNINFER_NOINLINE __attribute__((noinline))
 #endif
 
 namespace rnninfer {
