@@ -233,13 +233,25 @@ RNNINFER_INLINE void lstm_update(const StepArgs& a, int r0, int tile, typename O
   const Acts<I, kDefault> f{a.act, a.ract};
   for (int r = 0; r < RB; ++r) {
     const float* xp = xs.p + r * xs.ld_row;
-    const V gi = f.gate(O::add(acc[r][0], ld<I>(xp, nu)));
     const V gf = f.gate(O::add(acc[r][1], ld<I>(xp + xs.ld_gate, nu)));
-    const V gg = f.cand(O::add(acc[r][2], ld<I>(xp + 2 * xs.ld_gate, nu)));
-    const V go = f.gate(O::add(acc[r][3], ld<I>(xp + 3 * xs.ld_gate, nu)));
-    const V c = O::fma(gf, ld<I>(a.c_prev + (r0 + r) * a.ld_c + u0, nu), O::mul(gi, gg));
+    const V si = O::add(acc[r][0], ld<I>(xp, nu));
+    const V sg = O::add(acc[r][2], ld<I>(xp + 2 * xs.ld_gate, nu));
+    const V so = O::add(acc[r][3], ld<I>(xp + 3 * xs.ld_gate, nu));
+    const V cp = ld<I>(a.c_prev + (r0 + r) * a.ld_c + u0, nu);
+    V c, h;
+    if constexpr (kDefault && O::kLanes == 16) {
+      // AVX-512: i * g and o * tanh(c) with one reciprocal each (vrcp14ps and
+      // a Newton step; activations-inl.h), 6 fewer FMA-pipe operations per
+      // unit vector: 2-3 % off a step at 64 rows, 3-8 % at 1-4 rows. AVX2
+      // keeps two divisions per product: one shared divisor put them in one
+      // chain and made its lone-row step 1.7x slower.
+      c = O::fma(gf, cp, act::Math<I>::sigmoid_times_tanh(si, sg));
+      h = act::Math<I>::sigmoid_times_tanh(so, c);
+    } else {
+      c = O::fma(gf, cp, O::mul(f.gate(si), f.cand(sg)));
+      h = O::mul(f.gate(so), f.cand(c));
+    }
     st<I>(a.c_next + (r0 + r) * a.ld_c + u0, c, nu);
-    const V h = O::mul(go, f.cand(c));
     st<I>(a.h_next + (r0 + r) * a.ld_hn + u0, h, nu);
     if (a.y) st<I>(a.y + (r0 + r) * a.ld_y + u0, h, nu);
   }
