@@ -38,7 +38,7 @@ namespace rec_impl {
 // acc[r][g] += W_g(tile)[k0:k1] h_r[k0:k1] for the G gates of one unit tile.
 template <Isa I, int G, int RB, WType T>
 RNNINFER_INLINE void accumulate(const PackedRec& pw, int tile, int k0, int k1, const float* h,
-                       std::size_t ld_h, typename Ops<I>::V (&acc)[RB][G]) {
+                                std::size_t ld_h, typename Ops<I>::V (&acc)[RB][G]) {
   using O = Ops<I>;
   using V = typename O::V;
   using W = wload::WeightOps<I, T>;
@@ -61,7 +61,7 @@ RNNINFER_INLINE void accumulate(const PackedRec& pw, int tile, int k0, int k1, c
 // accumulator does not change it, so the result is bit-identical to one pass.
 template <Isa I, int G, int RB, WType T>
 RNNINFER_INLINE void product(const PackedRec& pw, int tile, const float* h, std::size_t ld_h,
-                    typename Ops<I>::V (&acc)[RB][G], int k_begin, const float* partial) {
+                             typename Ops<I>::V (&acc)[RB][G], int k_begin, const float* partial) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -110,7 +110,7 @@ constexpr int tiles_per_pass() {
 // in one pass (no partial sums): the same per-element operations as product().
 template <Isa I, int G, int RB, int TB, WType T>
 RNNINFER_INLINE void product_tiles(const PackedRec& pw, int tile0, const float* h, std::size_t ld_h,
-                          typename Ops<I>::V (&acc)[RB][TB][G]) {
+                                   typename Ops<I>::V (&acc)[RB][TB][G]) {
   using O = Ops<I>;
   using V = typename O::V;
   using W = wload::WeightOps<I, T>;
@@ -379,8 +379,9 @@ RNNINFER_INLINE void rows_tiles_with(const StepArgs& a, const PackedRec& pw, con
   constexpr int L = Ops<I>::kLanes;
   if constexpr (TB == 1) {
     V acc[RB][G];
+    // (partial is only read past k_begin > 0; no offset on a null pointer.)
     product<I, G, RB, T>(pw, tile, h + r0 * ld_h, ld_h, acc, a.k_begin,
-                         a.partial + static_cast<std::size_t>(r0) * G * L);
+                         a.k_begin > 0 ? a.partial + static_cast<std::size_t>(r0) * G * L : nullptr);
     update(a, r0, tile, acc, xs(0));
   } else {
     assert(a.k_begin == 0);
