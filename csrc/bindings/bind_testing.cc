@@ -89,6 +89,8 @@ py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray
   if (w_hh.ndim() != 2 || w_hh.shape(0) % G != 0 || w_hh.shape(0) == 0)
     throw std::invalid_argument("w_hh must be (G*H, H)");
   const int H = static_cast<int>(w_hh.shape(0) / G);
+  std::vector<int> all_gates(static_cast<std::size_t>(G));
+  std::iota(all_gates.begin(), all_gates.end(), 0);
   check_shape(w_hh, {G * H, H}, "w_hh");
   if (h_prev.ndim() != 2 || h_prev.shape(0) < 1) throw std::invalid_argument("h_prev must be (n, H)");
   const int n = static_cast<int>(h_prev.shape(0));
@@ -117,10 +119,8 @@ py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray
     }
     if (fused) {
       if (gru && !reset_after) throw std::invalid_argument("fused: GRU reset_after=False reads xp twice");
-      std::vector<int> gates(static_cast<std::size_t>(G));
-      std::iota(gates.begin(), gates.end(), 0);
-      pack_rec(w_ih.data(), H, in, gates, k.rec_tile, &rx);
-      pack_tile_values(has_bias ? bias.data() : nullptr, H, G, k.rec_tile, &bx);
+      pack_rec(w_ih.data(), H, in, all_gates, k.rec_tile, &rx);
+      pack_tile_values(has_bias ? bias.data() : nullptr, H, all_gates, k.rec_tile, &bx);
     } else {
       pack_gemm(w_ih.data(), G * H, in, has_bias ? bias.data() : nullptr, k.gemm_nr, &gx);
       xp_gemm.resize(static_cast<std::size_t>(n) * G * H);
@@ -148,9 +148,7 @@ py::tuple recurrent_step(const std::string& isa, const std::string& cell, FArray
     pack_rec(w_hh.data(), H, H, {0, 1}, k.rec_tile, &wh);
     pack_rec(w_hh.data(), H, H, {2}, k.rec_tile, &wh_n);
   } else {
-    std::vector<int> gates(static_cast<std::size_t>(G));
-    std::iota(gates.begin(), gates.end(), 0);
-    pack_rec(w_hh.data(), H, H, gates, k.rec_tile, &wh);
+    pack_rec(w_hh.data(), H, H, all_gates, k.rec_tile, &wh);
   }
   const std::size_t nh = static_cast<std::size_t>(n) * H;
   std::vector<float> c_next(nh), gru_scratch(2 * nh), partial(static_cast<std::size_t>(n) * 4 * 16),

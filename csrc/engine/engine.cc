@@ -63,6 +63,8 @@ PackedModel Engine::pack(ModelDesc desc, const TensorMap& tensors, int threads,
     const int H = L.units, G = L.gates(), P = L.dir_width(), GH = G * H;
     LayerWeights lw;
     lw.dirs.resize(static_cast<size_t>(L.dirs()));
+    std::vector<int> all_gates(static_cast<size_t>(G));
+    std::iota(all_gates.begin(), all_gates.end(), 0);
     for (int d = 0; d < L.dirs(); ++d) {
       const std::string pre = "layers." + std::to_string(i) + (d == 0 ? ".fwd." : ".bwd.");
       DirWeights& dw = lw.dirs[static_cast<size_t>(d)];
@@ -95,9 +97,7 @@ PackedModel Engine::pack(ModelDesc desc, const TensorMap& tensors, int threads,
         pack_rec(w_hh, H, P, {0, 1}, tile, &dw.wh, layout);
         pack_rec(w_hh, H, P, {2}, tile, &dw.wh_n, layout);
       } else {
-        std::vector<int> gates(static_cast<size_t>(G));
-        std::iota(gates.begin(), gates.end(), 0);
-        pack_rec(w_hh, H, P, gates, tile, &dw.wh, layout);
+        pack_rec(w_hh, H, P, all_gates, tile, &dw.wh, layout);
       }
       if (L.proj_size > 0) pack_gemm(get(pre + "w_hr", {P, H}), P, H, nullptr, nr, &dw.wr);
       const bool token_table = i == 0 && md.tokens &&
@@ -112,10 +112,8 @@ PackedModel Engine::pack(ModelDesc desc, const TensorMap& tensors, int threads,
                                static_cast<std::size_t>(in) * tile_bytes <= kMaxFusedTileBytes &&
                                static_cast<std::size_t>(P) * tile_bytes <= kMaxFusedTileBytes;
       if (fuses_input) {
-        std::vector<int> gates(static_cast<size_t>(G));
-        std::iota(gates.begin(), gates.end(), 0);
-        pack_rec(w_ih, H, in, gates, tile, &dw.wx_step);
-        pack_tile_values(L.bias ? folded.data() : nullptr, H, G, tile, &dw.bx_step);
+        pack_rec(w_ih, H, in, all_gates, tile, &dw.wx_step);
+        pack_tile_values(L.bias ? folded.data() : nullptr, H, all_gates, tile, &dw.bx_step);
       }
       if (token_table) {
         dw.token_proj = AlignedBuffer(static_cast<std::size_t>(md.vocab_size) * GH);

@@ -231,8 +231,8 @@ void run_direction(const PackedModel& m, Workspace& ws, const Plan& plan, const 
   // tile themselves (StepArgs::wx), bit-identical to the gemm's, while the
   // tile's weights and the rows are in L1, instead of the block's gemm
   // writing them to L2 for the steps to read back.
-  const bool fused = dw.wx_step.view.data != nullptr && dw.token_proj.size() == 0 && !projected &&
-                     ws.batch >= kFusedMinRows;
+  // (Packed only for layers without a token table: engine.cc.)
+  const bool fused = dw.wx_step.view.data != nullptr && !projected && ws.batch >= kFusedMinRows;
   if (projected || table_rows || fused) {
     // Done by kProject units into ws.proj, read from the table, or computed
     // by the step kernels (below).

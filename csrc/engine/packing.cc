@@ -165,15 +165,7 @@ void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, i
                  elems<int8_t>(out->data));
       out->view.i8 = elems<int8_t>(out->data);
       // Same order as one k-row of the tile (kernels.h), zero past H.
-      out->scale = AlignedBuffer(static_cast<std::size_t>(tiles) * g * tile);
-      float* s = out->scale.data();
-      for (int t = 0; t < tiles; ++t)
-        for (int gi = 0; gi < g; ++gi)
-          for (int u = 0; u < tile; ++u) {
-            const int unit = t * tile + u;
-            *s++ = unit < h ? w.scale[static_cast<std::size_t>(gates[static_cast<std::size_t>(gi)]) * h + unit]
-                            : 0.0f;
-          }
+      pack_tile_values(w.scale, h, gates, tile, &out->scale);
       out->view.scale = out->scale.data();
       if (layout == RecLayout::kQuads) {
         // vpdpbusd reads activations as q + 128: subtract 128 * row sum.
@@ -203,12 +195,13 @@ void pack_rec(const WeightSrc& w, int h, int k, const std::vector<int>& gates, i
   out->view.tile = tile;
 }
 
-void pack_tile_values(const float* values, int h, int gates, int tile, AlignedBuffer* out) {
+void pack_tile_values(const float* values, int h, const std::vector<int>& gates, int tile,
+                      AlignedBuffer* out) {
   const int tiles = (h + tile - 1) / tile;
-  *out = AlignedBuffer(static_cast<std::size_t>(tiles) * gates * tile);
+  *out = AlignedBuffer(static_cast<std::size_t>(tiles) * gates.size() * tile);
   float* o = out->data();
   for (int t = 0; t < tiles; ++t)
-    for (int g = 0; g < gates; ++g)
+    for (const int g : gates)
       for (int u = 0; u < tile; ++u) {
         const int unit = t * tile + u;
         *o++ = values != nullptr && unit < h ? values[static_cast<std::size_t>(g) * h + unit] : 0.0f;

@@ -52,10 +52,12 @@ inline void pack_rec(const float* w, int h, int k, const std::vector<int>& gates
   pack_rec(WeightSrc{WType::kF32, w, nullptr}, h, k, gates, tile, out);
 }
 
-// Per-output values (e.g. the folded biases of W_x, N = gates * h, or
-// nullptr for none) in the order of one k-row of a PackedRec: unit tile t,
-// gate g, lane u at ((t * gates + g) * tile + u); zero past h. The bias of a
-// fused input projection (StepArgs::bx).
-void pack_tile_values(const float* values, int h, int gates, int tile, AlignedBuffer* out);
+// Per-output values (values[g * h + u] for canonical gate block g, or
+// nullptr for none) in the order of one k-row of a PackedRec over `gates`:
+// unit tile t, the i-th listed gate, lane u at ((t * gates.size() + i) *
+// tile + u); zero past h. Int8 scales of pack_rec, and the bias of a fused
+// input projection (StepArgs::bx).
+void pack_tile_values(const float* values, int h, const std::vector<int>& gates, int tile,
+                      AlignedBuffer* out);
 
 }  // namespace rnninfer

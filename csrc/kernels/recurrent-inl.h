@@ -259,7 +259,7 @@ RNNINFER_INLINE void lstm_update(const StepArgs& a, int r0, int tile, typename O
 
 template <Isa I, int RB, bool kDefault>
 RNNINFER_INLINE void gru_update(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][3],
-                                 XpRef xs) {
+                                XpRef xs) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -284,7 +284,7 @@ RNNINFER_INLINE void gru_update(const StepArgs& a, int r0, int tile, typename Op
 // z are parked in scratch (n x H each) for pass 2, which needs r*h of all units.
 template <Isa I, int RB, bool kDefault>
 RNNINFER_INLINE void gru_rb_update1(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][2],
-                                 XpRef xs) {
+                                    XpRef xs) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
@@ -306,7 +306,7 @@ RNNINFER_INLINE void gru_rb_update1(const StepArgs& a, int r0, int tile, typenam
 
 template <Isa I, int RB, bool kDefault>
 RNNINFER_INLINE void gru_rb_update2(const StepArgs& a, int r0, int tile, typename Ops<I>::V (&acc)[RB][1],
-                                 XpRef xs) {
+                                    XpRef xs) {
   using O = Ops<I>;
   using V = typename O::V;
   constexpr int L = O::kLanes;
